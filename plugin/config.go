@@ -1,0 +1,184 @@
+package plugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"regexp"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/paddock-sandbox/paddock/plugin/api"
+)
+
+// Defaults for the optional fields of NetConf.
+const (
+	DefaultPolicy = "default"
+	DefaultMTU    = 1500
+	minMTU        = 576 // smallest datagram every IPv4 host must accept (RFC 791)
+	maxMTU        = 65535
+)
+
+// policyName is the shape of a policy name: it becomes a file name under
+// /etc/paddock/policies and a label in logs and metrics, so it is kept to
+// lowercase letters, digits and "-", "_", "." with an alphanumeric first
+// character and at most 63 characters.
+var policyName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// NetConf is the paddock plugin's configuration. Fields a runtime adds
+// (runtimeConfig, args, capabilities, ...) are accepted and ignored.
+type NetConf struct {
+	types.NetConf
+
+	// Policy names the egress policy paddockd applies to the sandbox.
+	Policy string `json:"policy,omitempty"`
+	// DaemonSocket is paddockd's API socket.
+	DaemonSocket string `json:"daemonSocket,omitempty"`
+	// MTU of both ends of the veth pair; 0 means DefaultMTU.
+	MTU int `json:"mtu,omitempty"`
+
+	// validAttachments is cni.dev/valid-attachments (or its misspelt 1.1.0
+	// alias cni.dev/attachments) as given to GC; nil when the runtime
+	// sent neither key, which is not the same as an empty list.
+	validAttachments []types.GCAttachment
+}
+
+// gcKeys are the top-level keys a GC request may carry its list in; libcni
+// sends both because the 1.1.0 spec first named the key wrongly (cni#1101).
+type gcKeys struct {
+	Valid *[]types.GCAttachment `json:"cni.dev/valid-attachments"`
+	Alias *[]types.GCAttachment `json:"cni.dev/attachments"`
+}
+
+// invalidConfig is CNI error 7 with a lowercase message.
+func invalidConfig(format string, a ...any) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(format, a...), "")
+}
+
+// parseConfig unmarshals the plugin's stdin, applies defaults, parses a
+// prevResult and validates every field. Errors are CNI errors: code 7 for
+// anything wrong with the configuration, naming the field and its value.
+func parseConfig(stdin []byte) (*NetConf, error) {
+	conf := &NetConf{}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return nil, invalidConfig("%s has the wrong type: got %s (a JSON %s), want %s", te.Field, topValue(stdin, te.Field), te.Value, jsonKind(te.Type.Kind()))
+		}
+		return nil, types.NewError(types.ErrDecodingFailure, "parse network configuration: "+err.Error(), "")
+	}
+	var keys gcKeys
+	if err := json.Unmarshal(stdin, &keys); err != nil {
+		return nil, invalidConfig("cni.dev/valid-attachments is malformed: %v: give a list of {\"containerID\", \"ifname\"} objects", err)
+	}
+	switch {
+	case keys.Valid != nil:
+		conf.validAttachments = *keys.Valid
+	case keys.Alias != nil:
+		conf.validAttachments = *keys.Alias
+	}
+	if conf.validAttachments == nil && (keys.Valid != nil || keys.Alias != nil) {
+		conf.validAttachments = []types.GCAttachment{}
+	}
+
+	if conf.Policy == "" {
+		conf.Policy = DefaultPolicy
+	}
+	if conf.DaemonSocket == "" {
+		conf.DaemonSocket = api.DefaultSocket
+	}
+	if conf.MTU == 0 {
+		conf.MTU = DefaultMTU
+	}
+
+	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "parse prevResult: "+err.Error(), "")
+	}
+	if err := conf.validate(stdin); err != nil {
+		return nil, err
+	}
+	return conf, nil
+}
+
+func (c *NetConf) validate(stdin []byte) *types.Error {
+	if c.Name == "" {
+		return invalidConfig("name is empty: give the network a name")
+	}
+	if !policyName.MatchString(c.Policy) {
+		return invalidConfig("policy %q is not a valid policy name: use 1-63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit", c.Policy)
+	}
+	if !strings.HasPrefix(c.DaemonSocket, "/") {
+		return invalidConfig("daemonSocket %q is not an absolute path: give the path of paddockd's API socket, e.g. %s", c.DaemonSocket, api.DefaultSocket)
+	}
+	if c.MTU < minMTU || c.MTU > maxMTU {
+		return invalidConfig("mtu %d is out of range: use %d..%d, or 0 for %d", c.MTU, minMTU, maxMTU, DefaultMTU)
+	}
+	var raw struct {
+		IPAM json.RawMessage `json:"ipam"`
+	}
+	_ = json.Unmarshal(stdin, &raw) // already decoded once above
+	if len(raw.IPAM) == 0 || string(raw.IPAM) == "null" {
+		return invalidConfig("ipam is missing: add an \"ipam\" section, e.g. {\"type\": \"host-local\", \"ranges\": [[{\"subnet\": \"10.208.0.0/16\"}]]}")
+	}
+	if c.IPAM.Type == "" {
+		return invalidConfig("ipam %s has no type: name the IPAM plugin, e.g. \"type\": \"host-local\"", string(raw.IPAM))
+	}
+	if strings.ContainsAny(c.IPAM.Type, "/\\") {
+		return invalidConfig("ipam type %q is not a plugin name: give the binary's name in CNI_PATH, e.g. \"host-local\"", c.IPAM.Type)
+	}
+	return nil
+}
+
+// parseArgs parses CNI_ARGS ("K1=V1;K2=V2") into a map; runtimes send the
+// pairs in any order, so callers look them up by key.
+func parseArgs(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	out := make(map[string]string)
+	for _, pair := range strings.Split(s, ";") {
+		if pair == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok || k == "" {
+			return nil, invalidConfig("CNI_ARGS item %q is not KEY=VALUE: fix the runtime's CNI_ARGS %q", pair, s)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// jsonKind names the JSON type a Go kind decodes from, for error messages.
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	default:
+		return "a number"
+	}
+}
+
+// topValue returns the raw JSON of the top-level key that field (a dotted
+// path such as "ipam.type") starts with, for quoting in an error.
+func topValue(stdin []byte, field string) string {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(stdin, &m) != nil {
+		return "?"
+	}
+	top, _, _ := strings.Cut(field, ".")
+	v := string(m[top])
+	if len(v) > 200 {
+		v = v[:200] + "..."
+	}
+	return v
+}
