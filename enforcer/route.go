@@ -1,0 +1,147 @@
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Policy routing in paddockd's netns. Redirected packets (MarkRedirect) must
+// be routed local or the kernel drops them silently; deny-marked packets are
+// blackholed by a rule of their own, so they are not forwarded even when the
+// nftables table has been deleted.
+const blackholePriority = RulePriority + 1
+
+var allIPv4 = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+
+func redirectRule() *netlink.Rule {
+	r := netlink.NewRule()
+	r.Family = unix.AF_INET
+	r.Priority = RulePriority
+	r.Mark = MarkRedirect
+	mask := uint32(0xffffffff)
+	r.Mask = &mask
+	r.Table = RouteTable
+	return r
+}
+
+func blackholeRule() *netlink.Rule {
+	r := netlink.NewRule()
+	r.Family = unix.AF_INET
+	r.Priority = blackholePriority
+	r.Mark = MarkDenyBase
+	mask := MarkDenyMask
+	r.Mask = &mask
+	r.Type = unix.RTN_BLACKHOLE
+	return r
+}
+
+func localRoute() (*netlink.Route, error) {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return nil, fmt.Errorf("find lo: %w", err)
+	}
+	return &netlink.Route{
+		LinkIndex: lo.Attrs().Index,
+		Dst:       allIPv4,
+		Table:     RouteTable,
+		Type:      unix.RTN_LOCAL,
+		Scope:     netlink.SCOPE_HOST,
+	}, nil
+}
+
+func sameRule(a netlink.Rule, b *netlink.Rule) bool {
+	return a.Priority == b.Priority && a.Mark == b.Mark && a.Mask != nil && b.Mask != nil &&
+		*a.Mask == *b.Mask && a.Table == b.Table && a.Type == b.Type
+}
+
+func ruleMissing(want *netlink.Rule) (bool, error) {
+	rules, err := netlink.RuleList(unix.AF_INET)
+	if err != nil {
+		return false, fmt.Errorf("list ip rules: %w", err)
+	}
+	for _, r := range rules {
+		if want.Type == unix.RTN_BLACKHOLE {
+			// The kernel reports blackhole rules with table 0 (unspec).
+			r.Table = want.Table
+		}
+		if sameRule(r, want) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func routeMissing(want *netlink.Route) (bool, error) {
+	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: RouteTable}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return false, fmt.Errorf("list routes of table %d: %w", RouteTable, err)
+	}
+	for _, r := range routes {
+		if r.Type == unix.RTN_LOCAL && r.LinkIndex == want.LinkIndex && (r.Dst == nil || r.Dst.String() == allIPv4.String()) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// ensureRoutes installs the redirect rule, the local route and the deny
+// blackhole rule where missing. Running it again changes nothing.
+func ensureRoutes() error {
+	rt, err := localRoute()
+	if err != nil {
+		return err
+	}
+	if missing, err := routeMissing(rt); err != nil {
+		return err
+	} else if missing {
+		if err := netlink.RouteReplace(rt); err != nil {
+			return fmt.Errorf("add local 0.0.0.0/0 dev lo table %d: %w", RouteTable, err)
+		}
+	}
+	for _, r := range []*netlink.Rule{redirectRule(), blackholeRule()} {
+		missing, err := ruleMissing(r)
+		if err != nil {
+			return err
+		}
+		if missing {
+			if err := netlink.RuleAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("add ip rule %s: %w", describeRule(r), err)
+			}
+		}
+	}
+	return nil
+}
+
+// checkRoutes says which part of the policy routing is missing.
+func checkRoutes() error {
+	rt, err := localRoute()
+	if err != nil {
+		return err
+	}
+	if missing, err := routeMissing(rt); err != nil {
+		return err
+	} else if missing {
+		return fmt.Errorf("route local 0.0.0.0/0 dev lo table %d is missing", RouteTable)
+	}
+	for _, r := range []*netlink.Rule{redirectRule(), blackholeRule()} {
+		missing, err := ruleMissing(r)
+		if err != nil {
+			return err
+		}
+		if missing {
+			return fmt.Errorf("ip rule %s is missing", describeRule(r))
+		}
+	}
+	return nil
+}
+
+func describeRule(r *netlink.Rule) string {
+	if r.Type == unix.RTN_BLACKHOLE {
+		return fmt.Sprintf("pref %d fwmark %#x/%#x blackhole", r.Priority, r.Mark, *r.Mask)
+	}
+	return fmt.Sprintf("pref %d fwmark %#x lookup %d", r.Priority, r.Mark, r.Table)
+}
