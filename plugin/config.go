@@ -66,6 +66,9 @@ func parseConfig(stdin []byte) (*NetConf, error) {
 	if err := json.Unmarshal(stdin, conf); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
+			// Fields of the embedded types.NetConf come prefixed with
+			// its Go name, which means nothing to the user.
+			te.Field = strings.TrimPrefix(te.Field, "NetConf.")
 			return nil, invalidConfig("%s has the wrong type: got %s (a JSON %s), want %s", te.Field, topValue(stdin, te.Field), te.Value, jsonKind(te.Type.Kind()))
 		}
 		return nil, types.NewError(types.ErrDecodingFailure, "parse network configuration: "+err.Error(), "")
