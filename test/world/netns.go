@@ -1,0 +1,287 @@
+package world
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+)
+
+const netnsDir = "/run/netns"
+
+func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
+
+// createNetns makes a named namespace with `ip netns add`, which also sets up
+// the shared /run/netns mount that nsenter and runtimes expect.
+func createNetns(name string) (ns.NetNS, error) {
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("create netns %s: %v: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	h, err := ns.GetNS(netnsPath(name))
+	if err != nil {
+		_ = deleteNetns(name)
+		return nil, fmt.Errorf("open netns %s: %w", name, err)
+	}
+	if err := h.Do(func(ns.NetNS) error { return setLinkUp("lo") }); err != nil {
+		h.Close()
+		_ = deleteNetns(name)
+		return nil, fmt.Errorf("netns %s: loopback up: %w", name, err)
+	}
+	return h, nil
+}
+
+// deleteNetns removes a named namespace; one that does not exist is fine.
+func deleteNetns(name string) error {
+	if _, err := os.Stat(netnsPath(name)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+		return fmt.Errorf("delete netns %s: %v: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func nsExec(path string, argv ...string) ([]byte, error) {
+	return nsExecContext(context.Background(), path, argv...)
+}
+
+// nsExecContext runs argv in the namespace at path. nsenter, unlike `ip netns
+// exec`, leaves /sys alone, so /sys/fs/bpf stays visible.
+func nsExecContext(ctx context.Context, path string, argv ...string) ([]byte, error) {
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("exec in %s: empty command", path)
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + path, "--"}, argv...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s in %s: %w", strings.Join(argv, " "), filepath.Base(path), err)
+	}
+	return out, nil
+}
+
+func setLinkUp(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", name, err)
+	}
+	return netlink.LinkSetUp(l)
+}
+
+func addAddr(name string, p netip.Prefix) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", name, err)
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if err := netlink.AddrAdd(l, a); err != nil {
+		return fmt.Errorf("address %s on %s: %w", p, name, err)
+	}
+	return nil
+}
+
+func addRoute(dst netip.Prefix, gw netip.Addr) error {
+	r := &netlink.Route{Gw: gw.AsSlice()}
+	if dst.Bits() > 0 {
+		r.Dst = &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)}
+	}
+	if err := netlink.RouteAdd(r); err != nil {
+		return fmt.Errorf("route %s via %s: %w", dst, gw, err)
+	}
+	return nil
+}
+
+// writeSysctl sets a sysctl of the calling thread's network namespace.
+func writeSysctl(name, value string) error {
+	p := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
+	if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("sysctl %s=%s: %w", name, value, err)
+	}
+	return nil
+}
+
+// vethInto creates a veth pair in the calling thread's namespace: local stays
+// here, peer moves into the namespace peerNS.
+func vethInto(local, peer string, peerNS ns.NetNS) error {
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: local}, PeerName: peer, PeerNamespace: netlink.NsFd(int(peerNS.Fd()))}
+	if err := netlink.LinkAdd(v); err != nil {
+		return fmt.Errorf("veth %s/%s: %w", local, peer, err)
+	}
+	return nil
+}
+
+func (w *World) buildNetwork() error {
+	var err error
+	if w.node, err = createNetns(w.NodeNS); err != nil {
+		return err
+	}
+	if w.inet, err = createNetns(w.InternetNS); err != nil {
+		return err
+	}
+	// internet speaks no IPv6 at all: every IPv6 packet the capture sees
+	// arrived from node.
+	err = w.InInternet(func() error {
+		for _, k := range []string{"net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"} {
+			if err := writeSysctl(k, "1"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = w.InNode(func() error {
+		// node forwards like a host with a container network does, so that a
+		// sandbox packet the enforcer fails to stop really reaches internet.
+		for _, k := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
+			if err := writeSysctl(k, "1"); err != nil {
+				return err
+			}
+		}
+		if err := vethInto(w.NodeVeth, w.InetVeth, w.inet); err != nil {
+			return err
+		}
+		if err := addAddr(w.NodeVeth, netip.PrefixFrom(NodeAddr, UplinkPrefix)); err != nil {
+			return err
+		}
+		if err := setLinkUp(w.NodeVeth); err != nil {
+			return err
+		}
+		return addRoute(netip.Prefix{}, InternetAddr)
+	})
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	err = w.InInternet(func() error {
+		if err := addAddr(w.InetVeth, netip.PrefixFrom(InternetAddr, UplinkPrefix)); err != nil {
+			return err
+		}
+		if err := setLinkUp(w.InetVeth); err != nil {
+			return err
+		}
+		for _, a := range []netip.Addr{WebAddr, DNSAddr, EchoAddr, OtherWebAddr} {
+			if err := addAddr("lo", netip.PrefixFrom(a, 32)); err != nil {
+				return err
+			}
+		}
+		// A route back to the sandboxes: a leaked packet gets its answer,
+		// exactly as it would on a real network.
+		return addRoute(w.SandboxRange, NodeAddr)
+	})
+	if err != nil {
+		return fmt.Errorf("internet: %w", err)
+	}
+	return nil
+}
+
+// claimSubnet picks X for 10.X.0.0/24 so that concurrent worlds on this
+// machine never share a subnet; the claim is a file holding the world prefix,
+// stale once its world's node namespace is gone.
+func claimSubnet(prefix string) (netip.Prefix, string, error) {
+	dir := "/run/paddock-world/subnets"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return netip.Prefix{}, "", fmt.Errorf("subnet claims: %w", err)
+	}
+	start := int(randomByte())
+	for i := 0; i < 254; i++ {
+		x := 1 + (start+i)%254
+		claim := filepath.Join(dir, strconv.Itoa(x))
+		f, err := os.OpenFile(claim, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if errors.Is(err, os.ErrExist) {
+			if staleClaim(claim) {
+				_ = os.Remove(claim)
+				f, err = os.OpenFile(claim, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+			}
+		}
+		if err != nil {
+			continue
+		}
+		_, werr := f.WriteString(prefix)
+		if cerr := f.Close(); werr != nil || cerr != nil {
+			_ = os.Remove(claim)
+			return netip.Prefix{}, "", fmt.Errorf("claim subnet: %w", errors.Join(werr, cerr))
+		}
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(x), 0, 0}), 24), claim, nil
+	}
+	return netip.Prefix{}, "", fmt.Errorf("no free 10.X.0.0/24 subnet: remove stale claims in %s", dir)
+}
+
+func staleClaim(claim string) bool {
+	st, err := os.Stat(claim)
+	if err != nil || time.Since(st.ModTime()) < time.Minute {
+		return false
+	}
+	owner, err := os.ReadFile(claim)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(netnsPath(strings.TrimSpace(string(owner)) + "-node"))
+	return errors.Is(err, os.ErrNotExist)
+}
+
+func randomByte() byte {
+	b := []byte{0}
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return b[0]
+}
+
+// DialerIn returns a DialContext that opens its sockets inside the namespace
+// at path; a socket keeps the namespace it was created in.
+func DialerIn(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.WithNetNSPath(path, func(ns.NetNS) error {
+			var d net.Dialer
+			var err error
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// HTTPClient returns a client whose connections and DNS lookups (to the
+// world's DNS server, 192.0.2.53) start inside the namespace at path,
+// trusting roots. Inside a sandbox both are what the enforcer sees.
+func HTTPClient(path string, roots *x509.CertPool) *http.Client {
+	dial := DialerIn(path)
+	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return dial(ctx, network, netip.AddrPortFrom(DNSAddr, 53).String())
+	}}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := netip.ParseAddr(host); err != nil {
+				ips, err := res.LookupNetIP(ctx, "ip4", host)
+				if err != nil {
+					return nil, err
+				}
+				host = ips[0].String()
+			}
+			return dial(ctx, network, net.JoinHostPort(host, port))
+		},
+		TLSClientConfig:   &tls.Config{RootCAs: roots},
+		DisableKeepAlives: true,
+		Proxy:             nil,
+	}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
