@@ -18,11 +18,11 @@ const maxLeaks = 1000
 // Capture is the leak detector: an AF_PACKET socket on internet's veth that
 // sees every frame arriving from node, before any firewall could hide it.
 type Capture struct {
-	fd       int
-	sandbox  netip.Prefix
-	node     netip.Addr
-	done     chan struct{}
-	stopped  chan struct{}
+	fd      int
+	sandbox netip.Prefix
+	node    netip.Addr
+	done    chan struct{}
+	stopped chan struct{}
 
 	mu        sync.Mutex
 	leaks     []string

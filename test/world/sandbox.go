@@ -2,12 +2,12 @@ package world
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
-	"crypto/x509"
 	"path/filepath"
 	"regexp"
 	"sync"
@@ -360,4 +360,3 @@ func (p *PlainSandbox) Del() error {
 	p.w.mu.Unlock()
 	return deleteNetns(p.NSName)
 }
-
