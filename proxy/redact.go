@@ -1,0 +1,93 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// Redacted replaces an injected secret an upstream echoes back.
+const Redacted = "[paddock:redacted]"
+
+func redactHeaders(h http.Header, secrets []string) {
+	for name, vals := range h {
+		for i, v := range vals {
+			for _, s := range secrets {
+				v = strings.ReplaceAll(v, s, Redacted)
+			}
+			vals[i] = v
+		}
+		h[name] = vals
+	}
+}
+
+// redactReader replaces secrets in a stream. It holds back the last
+// len(longest secret)-1 bytes of what it has read, since a secret split
+// across two reads can only start there.
+type redactReader struct {
+	src     io.ReadCloser
+	secrets [][]byte
+	keep    int
+	pending []byte // read, not yet scanned to the end
+	out     []byte // ready for the caller
+	err     error
+	buf     []byte
+}
+
+func newRedactReader(src io.ReadCloser, secrets []string) *redactReader {
+	r := &redactReader{src: src, buf: make([]byte, 32<<10)}
+	for _, s := range secrets {
+		if s == "" {
+			continue
+		}
+		r.secrets = append(r.secrets, []byte(s))
+		r.keep = max(r.keep, len(s)-1)
+	}
+	return r
+}
+
+func (r *redactReader) Read(p []byte) (int, error) {
+	for len(r.out) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		n, err := r.src.Read(r.buf)
+		r.pending = append(r.pending, r.buf[:n]...)
+		if err != nil {
+			r.err = err
+		}
+		r.scan(err != nil)
+	}
+	n := copy(p, r.out)
+	r.out = r.out[n:]
+	return n, nil
+}
+
+// scan moves what is certainly secret-free (or redacted) from pending to out.
+func (r *redactReader) scan(final bool) {
+	for {
+		at, which := -1, -1
+		for i, s := range r.secrets {
+			if j := bytes.Index(r.pending, s); j >= 0 && (at < 0 || j < at) {
+				at, which = j, i
+			}
+		}
+		if at < 0 {
+			break
+		}
+		r.out = append(r.out, r.pending[:at]...)
+		r.out = append(r.out, Redacted...)
+		r.pending = r.pending[at+len(r.secrets[which]):]
+	}
+	cut := len(r.pending) - r.keep
+	if final {
+		cut = len(r.pending)
+	}
+	if cut > 0 {
+		r.out = append(r.out, r.pending[:cut]...)
+		r.pending = append(r.pending[:0:0], r.pending[cut:]...)
+	}
+}
+
+func (r *redactReader) Close() error { return r.src.Close() }
