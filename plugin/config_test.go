@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 )
 
@@ -112,5 +113,27 @@ func TestParseArgs(t *testing.T) {
 	}
 	if got, err := parseArgs(""); err != nil || got != nil {
 		t.Fatalf("empty CNI_ARGS: %v %v", got, err)
+	}
+}
+
+// TestExampleConflist keeps tools/examples/paddock.conflist valid.
+func TestExampleConflist(t *testing.T) {
+	list, err := libcni.ConfListFromFile("../tools/examples/paddock.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list.CNIVersion != "1.0.0" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "paddock" {
+		t.Fatalf("example conflist: version %s, %d plugins", list.CNIVersion, len(list.Plugins))
+	}
+	conf, err := libcni.InjectConf(list.Plugins[0], map[string]any{"name": list.Name, "cniVersion": list.CNIVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := parseConfig(conf.Bytes)
+	if err != nil {
+		t.Fatalf("example plugin config: %v", err)
+	}
+	if c.IPAM.Type != "host-local" || c.Policy != "default" {
+		t.Fatalf("example plugin config parsed as %+v", c)
 	}
 }

@@ -221,6 +221,39 @@ func TestCheckFindsDamage(t *testing.T) {
 	})
 }
 
+// TestMTU: the configured MTU is set on both ends of the pair.
+func TestMTU(t *testing.T) {
+	forVersions(t, "1.0.0", func(t *testing.T, v string) {
+		w := newWorld(t, v, "", `"mtu": 9000,`)
+		rt := w.sandbox("ctr")
+		if _, err := w.add(rt); err != nil {
+			t.Fatal(err)
+		}
+		var hostMTU, sandboxMTU int
+		if err := inNS(t, w.node, func() error {
+			l, err := netlinksafe.LinkByName(HostVethName(w.key(rt)))
+			if err == nil {
+				hostMTU = l.Attrs().MTU
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ns.WithNetNSPath(rt.NetNS, func(ns.NetNS) error {
+			l, err := netlinksafe.LinkByName("eth0")
+			if err == nil {
+				sandboxMTU = l.Attrs().MTU
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if hostMTU != 9000 || sandboxMTU != 9000 {
+			t.Fatalf("MTU host %d sandbox %d, want 9000 on both", hostMTU, sandboxMTU)
+		}
+	})
+}
+
 // TestDelWhileDaemonDown: DEL cleans up the node while paddockd is down.
 func TestDelWhileDaemonDown(t *testing.T) {
 	forVersions(t, "0.4.0", func(t *testing.T, v string) {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -202,7 +203,9 @@ type world struct {
 	version string
 }
 
-func newWorld(t *testing.T, version string, ipamRanges string) *world {
+// newWorld builds a node for one spec version; ipamRanges replaces the
+// default host-local range, extra adds fields to the plugin's config.
+func newWorld(t *testing.T, version, ipamRanges string, extra ...string) *world {
 	t.Helper()
 	requireRoot(t)
 	bins := cniBins(t)
@@ -224,9 +227,9 @@ func newWorld(t *testing.T, version string, ipamRanges string) *world {
 	conflist := fmt.Sprintf(`{
 		"cniVersion": %q, "name": %q,
 		"plugins": [{
-			"type": "paddock", "policy": "agents", "daemonSocket": %q,
+			"type": "paddock", "policy": "agents", "daemonSocket": %q,%s
 			"ipam": {"type": "host-local", "ranges": %s, "dataDir": %q}
-		}]}`, version, w.network, w.socket, ipamRanges, w.dataDir)
+		}]}`, version, w.network, w.socket, strings.Join(extra, ""), ipamRanges, w.dataDir)
 	list, err := libcni.ConfListFromBytes([]byte(conflist))
 	if err != nil {
 		t.Fatal(err)
