@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
 )
@@ -24,12 +25,20 @@ const registryVersion = 1
 // Registry is paddockd's persisted list of sandboxes. Every change is written
 // to disk before it is visible, so a restarted paddockd (even after kill -9)
 // reconciles the data path against exactly what it had promised to enforce.
-// The in-memory indexes by source IPv4 and by host interface index serve the
-// per-connection lookups of the proxy and the NFLOG reader.
+// The in-memory indexes by source address and by host interface index serve
+// the per-connection lookups of the proxy and the NFLOG reader; they are an
+// immutable snapshot swapped on each change, so lookups take no lock. The
+// sandboxes handed out share their IPs and Args with that snapshot: read them,
+// do not modify them.
 type Registry struct {
 	path string
 
-	mu      sync.RWMutex
+	mu   sync.Mutex // serialises writers
+	snap atomic.Pointer[registrySnapshot]
+}
+
+type registrySnapshot struct {
+	list    []api.Sandbox // sorted
 	byKey   map[api.Key]api.Sandbox
 	byIP    map[netip.Addr]api.Sandbox
 	byIndex map[int]api.Sandbox
@@ -42,8 +51,8 @@ type registryFile struct {
 
 // OpenRegistry loads <stateDir>/sandboxes.json, creating stateDir (0700) if
 // needed. A missing file is an empty registry; an unreadable or corrupt one is
-// an error, because silently starting empty would stop enforcing nothing but
-// would also forget every sandbox that still holds pinned state.
+// an error naming the file: starting empty instead would forget every sandbox
+// whose pinned state still enforces, and nothing would ever clean that up.
 func OpenRegistry(stateDir string) (*Registry, error) {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
@@ -77,20 +86,25 @@ func OpenRegistry(stateDir string) (*Registry, error) {
 // Path is the file the registry persists to.
 func (r *Registry) Path() string { return r.path }
 
-// index rebuilds every map from sbs; the caller holds mu (or owns r).
+// index publishes a snapshot of sbs; the caller holds mu (or owns r).
 func (r *Registry) index(sbs []api.Sandbox) {
-	r.byKey = make(map[api.Key]api.Sandbox, len(sbs))
-	r.byIP = make(map[netip.Addr]api.Sandbox, len(sbs))
-	r.byIndex = make(map[int]api.Sandbox, len(sbs))
+	sortSandboxes(sbs)
+	s := &registrySnapshot{
+		list:    sbs,
+		byKey:   make(map[api.Key]api.Sandbox, len(sbs)),
+		byIP:    make(map[netip.Addr]api.Sandbox, len(sbs)),
+		byIndex: make(map[int]api.Sandbox, len(sbs)),
+	}
 	for _, sb := range sbs {
-		r.byKey[sb.Key()] = sb
+		s.byKey[sb.Key()] = sb
 		for _, p := range sb.IPs {
-			r.byIP[p.Addr().Unmap()] = sb
+			s.byIP[p.Addr().Unmap()] = sb
 		}
 		if sb.HostIfIndex > 0 {
-			r.byIndex[sb.HostIfIndex] = sb
+			s.byIndex[sb.HostIfIndex] = sb
 		}
 	}
+	r.snap.Store(s)
 }
 
 // Put adds or replaces sb. It is on disk when Put returns nil; on error the
@@ -103,12 +117,13 @@ func (r *Registry) Put(sb api.Sandbox) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if c := r.conflicts(sb); len(c) > 0 {
+	cur := r.snap.Load()
+	if c := cur.conflicts(sb); len(c) > 0 {
 		return fmt.Errorf("put sandbox %s: address or host interface already registered to %s; remove that sandbox first", sb.Key(), c[0].Key())
 	}
-	next := make([]api.Sandbox, 0, len(r.byKey)+1)
-	for k, old := range r.byKey {
-		if k != sb.Key() {
+	next := make([]api.Sandbox, 0, len(cur.list)+1)
+	for _, old := range cur.list {
+		if old.Key() != sb.Key() {
 			next = append(next, old)
 		}
 	}
@@ -120,12 +135,10 @@ func (r *Registry) Put(sb api.Sandbox) error {
 // its host interface index (stale registrations whose DEL never reached
 // paddockd), sorted.
 func (r *Registry) Conflicts(sb api.Sandbox) []api.Sandbox {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.conflicts(sb)
+	return r.snap.Load().conflicts(sb)
 }
 
-func (r *Registry) conflicts(sb api.Sandbox) []api.Sandbox {
+func (s *registrySnapshot) conflicts(sb api.Sandbox) []api.Sandbox {
 	seen := map[api.Key]api.Sandbox{}
 	add := func(o api.Sandbox, ok bool) {
 		if ok && o.Key() != sb.Key() {
@@ -133,11 +146,11 @@ func (r *Registry) conflicts(sb api.Sandbox) []api.Sandbox {
 		}
 	}
 	for _, p := range sb.IPs {
-		o, ok := r.byIP[p.Addr().Unmap()]
+		o, ok := s.byIP[p.Addr().Unmap()]
 		add(o, ok)
 	}
 	if sb.HostIfIndex > 0 {
-		o, ok := r.byIndex[sb.HostIfIndex]
+		o, ok := s.byIndex[sb.HostIfIndex]
 		add(o, ok)
 	}
 	out := make([]api.Sandbox, 0, len(seen))
@@ -152,13 +165,14 @@ func (r *Registry) conflicts(sb api.Sandbox) []api.Sandbox {
 func (r *Registry) Delete(k api.Key) (api.Sandbox, bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	old, ok := r.byKey[k]
+	cur := r.snap.Load()
+	old, ok := cur.byKey[k]
 	if !ok {
 		return api.Sandbox{}, false, nil
 	}
-	next := make([]api.Sandbox, 0, len(r.byKey))
-	for key, sb := range r.byKey {
-		if key != k {
+	next := make([]api.Sandbox, 0, len(cur.list))
+	for _, sb := range cur.list {
+		if sb.Key() != k {
 			next = append(next, sb)
 		}
 	}
@@ -168,7 +182,7 @@ func (r *Registry) Delete(k api.Key) (api.Sandbox, bool, error) {
 	return old, true, nil
 }
 
-// commit persists sbs and then swaps the indexes; the caller holds mu.
+// commit persists sbs and then swaps the snapshot; the caller holds mu.
 func (r *Registry) commit(sbs []api.Sandbox) error {
 	sortSandboxes(sbs)
 	if err := r.write(sbs); err != nil {
@@ -219,45 +233,30 @@ func (r *Registry) write(sbs []api.Sandbox) error {
 
 // Get returns the sandbox with key k.
 func (r *Registry) Get(k api.Key) (api.Sandbox, bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	sb, ok := r.byKey[k]
+	sb, ok := r.snap.Load().byKey[k]
 	return sb, ok
 }
 
 // List returns every sandbox, sorted by network, container id, interface.
 func (r *Registry) List() []api.Sandbox {
-	r.mu.RLock()
-	out := make([]api.Sandbox, 0, len(r.byKey))
-	for _, sb := range r.byKey {
-		out = append(out, sb)
-	}
-	r.mu.RUnlock()
-	sortSandboxes(out)
-	return out
+	return slices.Clone(r.snap.Load().list)
 }
 
 // Len is the number of registered sandboxes.
 func (r *Registry) Len() int {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return len(r.byKey)
+	return len(r.snap.Load().list)
 }
 
 // ByIP returns the sandbox that owns source address ip. It matches the
 // signature of Lookup.
 func (r *Registry) ByIP(ip netip.Addr) (api.Sandbox, bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	sb, ok := r.byIP[ip.Unmap()]
+	sb, ok := r.snap.Load().byIP[ip.Unmap()]
 	return sb, ok
 }
 
 // ByIfIndex returns the sandbox whose host-side veth has index ifindex.
 func (r *Registry) ByIfIndex(ifindex int) (api.Sandbox, bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	sb, ok := r.byIndex[ifindex]
+	sb, ok := r.snap.Load().byIndex[ifindex]
 	return sb, ok
 }
 

@@ -258,3 +258,24 @@ func TestRegistryConcurrent(t *testing.T) {
 		t.Fatalf("reopened: %v, %d sandboxes", err, r2.Len())
 	}
 }
+
+// BenchmarkRegistryByIP is the per-connection lookup with 1000 sandboxes.
+func BenchmarkRegistryByIP(b *testing.B) {
+	r, err := OpenRegistry(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	sbs := make([]api.Sandbox, 1000)
+	for i := range sbs {
+		sbs[i] = testSandbox(fmt.Sprintf("%016d", i), fmt.Sprintf("10.99.%d.%d", i/250, i%250+1), i+1)
+	}
+	r.index(sbs) // one write instead of 1000
+	ip := netip.MustParseAddr("10.99.2.7")
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, ok := r.ByIP(ip); !ok {
+				b.Fatal("not found")
+			}
+		}
+	})
+}
