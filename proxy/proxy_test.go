@@ -379,7 +379,9 @@ func TestPassthroughKeepsUpstreamCert(t *testing.T) {
 		t.Fatalf("issuer %q, want the upstream CA", issuer)
 	}
 	tr.CloseIdleConnections() // the audit line is written when the connection ends
-	w.auditFor(func(r AuditRecord) bool { return r.Kind == "passthrough" && r.SNI == "pass.test" && r.Decision == "allow" })
+	w.auditFor(func(r AuditRecord) bool {
+		return r.Kind == "passthrough" && r.SNI == "pass.test" && r.Decision == "allow"
+	})
 }
 
 func TestInjectAndRedact(t *testing.T) {
@@ -490,7 +492,9 @@ func TestExplicitProxy(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "Forbidden") {
 		t.Fatalf("CONNECT to blocked host: %v", err)
 	}
-	w.auditFor(func(r AuditRecord) bool { return r.Method == "CONNECT" && r.Host == "blocked.test" && r.Decision == "deny" })
+	w.auditFor(func(r AuditRecord) bool {
+		return r.Method == "CONNECT" && r.Host == "blocked.test" && r.Decision == "deny"
+	})
 
 	// ServeExplicit on a plain listener (the launcher's socket).
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -533,7 +537,9 @@ func TestOpaqueTCP(t *testing.T) {
 	if _, err := c2.Read(make([]byte, 1)); err == nil {
 		t.Fatal("opaque connection without a rule was not closed")
 	}
-	w.auditFor(func(r AuditRecord) bool { return r.Kind == "tcp" && r.Dst == "203.0.113.9:5432" && r.Decision == "deny" })
+	w.auditFor(func(r AuditRecord) bool {
+		return r.Kind == "tcp" && r.Dst == "203.0.113.9:5432" && r.Decision == "deny"
+	})
 }
 
 func TestUnknownSandboxReset(t *testing.T) {
