@@ -2,7 +2,6 @@ package world
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,6 +27,9 @@ type DaemonOptions struct {
 	Extra []string
 	// Ready bounds the wait for the API to answer Status; default 10s.
 	Ready time.Duration
+	// Detach starts paddockd in its own session, so that it outlives the
+	// process that started it (tools/world up).
+	Detach bool
 }
 
 // Daemon is paddockd running inside the node namespace.
@@ -41,8 +43,9 @@ type Daemon struct {
 	CADir      string
 	StderrFile string
 
-	w     *World
-	ready time.Duration
+	w      *World
+	ready  time.Duration
+	detach bool
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -98,6 +101,7 @@ func (w *World) LaunchDaemon(opts DaemonOptions) (*Daemon, error) {
 		StderrFile: filepath.Join(w.Dir, "paddockd.stderr"),
 		w:          w,
 		ready:      opts.Ready,
+		detach:     opts.Detach,
 	}
 	if d.ready == 0 {
 		d.ready = 10 * time.Second
@@ -165,6 +169,7 @@ func (d *Daemon) spawn() (chan struct{}, error) {
 	cmd := exec.Command("nsenter", append([]string{"--net=" + d.w.NodePath(), "--", d.Binary}, d.Args...)...)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.Env = append(os.Environ(), "PADDOCK_BIN="+d.w.BinDir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: d.detach}
 	if err := cmd.Start(); err != nil {
 		stderr.Close()
 		return nil, fmt.Errorf("start paddockd: %w", err)
@@ -273,14 +278,5 @@ func (d *Daemon) signal(sig syscall.Signal, wait time.Duration) error {
 	d.mu.Lock()
 	d.cmd = nil
 	d.mu.Unlock()
-	return nil
-}
-
-// removeBPFFS removes the pin dir once paddockd is gone; pinned links and
-// maps go with their last reference.
-func (d *Daemon) removeBPFFS() error {
-	if err := os.RemoveAll(d.BPFFSDir); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", d.BPFFSDir, err)
-	}
 	return nil
 }

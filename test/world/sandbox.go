@@ -46,6 +46,7 @@ type Sandbox struct {
 	w    *World
 	rt   *libcni.RuntimeConf
 	list *libcni.NetworkConfigList
+	opts SandboxOptions
 
 	mu      sync.Mutex
 	deleted bool
@@ -166,7 +167,7 @@ func (w *World) CreateSandbox(name string, opts SandboxOptions) (sb *Sandbox, er
 		w.mu.Unlock()
 		return nil, fmt.Errorf("sandbox %q exists in world %s", name, w.Prefix)
 	}
-	sb = &Sandbox{Name: name, NSName: w.Prefix + "-" + name, w: w, list: list}
+	sb = &Sandbox{Name: name, NSName: w.Prefix + "-" + name, w: w, list: list, opts: opts}
 	w.sandboxes[name] = sb
 	w.mu.Unlock()
 	defer func() {

@@ -94,6 +94,7 @@ type World struct {
 	sandboxes map[string]*Sandbox
 	plain     map[string]*PlainSandbox
 	daemons   []*Daemon
+	pids      map[string]int
 	closed    bool
 }
 
@@ -162,6 +163,7 @@ func Build(log Logger, opts Options) (w *World, err error) {
 		log:          log,
 		sandboxes:    map[string]*Sandbox{},
 		plain:        map[string]*PlainSandbox{},
+		pids:         map[string]int{},
 	}
 	defer func() {
 		if err != nil {
@@ -192,18 +194,40 @@ func Build(log Logger, opts Options) (w *World, err error) {
 		return w, err
 	}
 	w.CAFile = w.ca.CertFile
-	if !opts.NoCapture {
-		if w.capture, err = StartCapture(w.inet, w.InetVeth, w.SandboxRange, NodeAddr); err != nil {
-			return w, err
-		}
-	}
-	if !opts.NoServers {
-		if w.servers, err = StartServers(w.inet, w.ca, log); err != nil {
-			return w, err
-		}
+	if err = w.StartServices(!opts.NoServers, !opts.NoCapture); err != nil {
+		return w, err
 	}
 	log.Logf("world %s up: node=%s internet=%s subnet=%s dir=%s", prefix, w.NodeNS, w.InternetNS, w.Subnet, w.Dir)
 	return w, nil
+}
+
+// StartServices starts the leak detector and the internet servers in this
+// process (tools/world's serving child calls it on an attached world).
+func (w *World) StartServices(servers, capture bool) error {
+	var err error
+	if capture && w.capture == nil {
+		if w.capture, err = StartCapture(w.inet, w.InetVeth, w.SandboxRange, NodeAddr); err != nil {
+			return err
+		}
+	}
+	if servers && w.servers == nil {
+		if w.servers, err = StartServers(w.inet, w.ca, w.log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StopServices stops what StartServices started, leaving the topology up.
+func (w *World) StopServices() {
+	if w.servers != nil {
+		w.servers.Close()
+		w.servers = nil
+	}
+	if w.capture != nil {
+		w.capture.Close()
+		w.capture = nil
+	}
 }
 
 // Close tears everything down: paddockd, sandboxes (CNI DEL), servers, the
@@ -244,16 +268,16 @@ func (w *World) Close() error {
 		if err := d.Stop(); err != nil {
 			errs = append(errs, err)
 		}
-		if err := d.removeBPFFS(); err != nil {
-			errs = append(errs, err)
-		}
 	}
-	if w.servers != nil {
-		w.servers.Close()
+	if err := w.endPIDs(); err != nil {
+		errs = append(errs, err)
 	}
-	if w.capture != nil {
-		w.capture.Close()
+	// Pinned links and maps go with their last reference once the pin
+	// files are gone.
+	if err := os.RemoveAll(w.BPFFSDir()); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", w.BPFFSDir(), err))
 	}
+	w.StopServices()
 	for _, h := range []ns.NetNS{w.node, w.inet} {
 		if h != nil {
 			h.Close()
@@ -462,4 +486,11 @@ func (w *World) Sandboxes() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// Sandbox returns the CNI sandbox called name, or nil.
+func (w *World) Sandbox(name string) *Sandbox {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sandboxes[name]
 }
