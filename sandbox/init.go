@@ -1,0 +1,307 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/landlock-lsm/go-landlock/landlock"
+	ll "github.com/landlock-lsm/go-landlock/landlock/syscall"
+	"golang.org/x/sys/unix"
+)
+
+// Hidden subcommands of the paddock binary: the launcher re-executes itself
+// as InitCommand (PID 1 of the sandbox), which re-executes itself as
+// ExecCommand to confine itself and become the user's command.
+const (
+	InitCommand = "__sandbox-init"
+	ExecCommand = "__sandbox-exec"
+)
+
+// Exit statuses for failures of the launcher itself, as docker uses them.
+const (
+	exitSetup       = 125
+	exitCannotExec  = 126
+	exitNotFound    = 127
+	exitSignalShift = 128
+)
+
+func fatal(code int, format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "paddock: "+format+"\n", args...)
+	os.Exit(code)
+}
+
+func verboseLogger(on bool) func(string, ...any) {
+	return func(format string, args ...any) {
+		if on {
+			fmt.Fprintf(os.Stderr, "paddock: "+format+"\n", args...)
+		}
+	}
+}
+
+// InitMain is PID 1 of the sandbox: it builds the root, starts the exec
+// stage, forwards signals to it, reaps every orphan and exits with the
+// command's status (128+N when a signal N ended it). It never returns.
+func InitMain() {
+	var s initSpec
+	if err := readSpec(&s); err != nil {
+		fatal(exitSetup, "sandbox init: %v", err)
+	}
+	logf := verboseLogger(s.Verbose)
+	// Ask before anything starts, so that no signal is lost in between.
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs)
+	if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
+		fatal(exitSetup, "sandbox init: set hostname: %v", err)
+	}
+	if err := buildRoot(&s, logf); err != nil {
+		fatal(exitSetup, "sandbox init: %v", err)
+	}
+	if err := loopbackUp(); err != nil {
+		fatal(exitSetup, "sandbox init: %v", err)
+	}
+	if s.ProxySock != "" {
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(s.ProxyPort))
+		if err != nil {
+			fatal(exitSetup, "sandbox init: proxy port: %v", err)
+		}
+		go serveBridge(ln, func() (net.Conn, error) { return net.Dial("unix", s.ProxySock) })
+		logf("network: none (loopback only), HTTP proxy at 127.0.0.1:%d bridged to the node's proxy", s.ProxyPort)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		fatal(exitSetup, "sandbox init: %v", err)
+	}
+	child, err := os.StartProcess("/proc/self/exe", []string{"paddock", ExecCommand}, &os.ProcAttr{
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, r},
+		Env:   []string{},
+		// Its own session: the command gets no controlling terminal, so it
+		// cannot push keystrokes into the user's shell (TIOCSTI); the user's
+		// terminal still reaches it through the inherited descriptors.
+		Sys: &syscall.SysProcAttr{Setsid: true},
+	})
+	r.Close()
+	if err != nil {
+		fatal(exitSetup, "sandbox init: start: %v", err)
+	}
+	s.Exec.Verbose = s.Verbose
+	err = json.NewEncoder(w).Encode(&s.Exec)
+	w.Close()
+	if err != nil {
+		fatal(exitSetup, "sandbox init: hand over: %v", err)
+	}
+	for sig := range sigs {
+		switch sig {
+		case unix.SIGCHLD:
+			if code, done := reap(child.Pid); done {
+				os.Exit(code)
+			}
+		case unix.SIGURG:
+			// The Go runtime's own preemption signal.
+		default:
+			_ = unix.Kill(child.Pid, sig.(syscall.Signal))
+		}
+	}
+}
+
+// reap collects every exited child; done when the command itself exited.
+func reap(main int) (code int, done bool) {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if err != nil || pid <= 0 {
+			return code, done
+		}
+		if pid == main {
+			done = true
+			code = statusCode(ws)
+		}
+	}
+}
+
+func statusCode(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return exitSignalShift + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
+	return nil
+}
+
+// serveBridge relays every connection accepted on ln to a fresh upstream.
+func serveBridge(ln net.Listener, dial func() (net.Conn, error)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		go func() {
+			defer c.Close()
+			u, err := dial()
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(u, c); closeWrite(u); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(c, u); closeWrite(c); done <- struct{}{} }()
+			<-done
+			<-done
+		}()
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+}
+
+// landlockWrites is every write-like right: reads and execution stay with
+// the mounts' own read-only flags, Landlock confines where writes go.
+const landlockWrites = ll.AccessFSWriteFile | ll.AccessFSRemoveDir | ll.AccessFSRemoveFile |
+	ll.AccessFSMakeChar | ll.AccessFSMakeDir | ll.AccessFSMakeReg | ll.AccessFSMakeSock |
+	ll.AccessFSMakeFifo | ll.AccessFSMakeBlock | ll.AccessFSMakeSym | ll.AccessFSRefer | ll.AccessFSTruncate
+
+// ExecMain confines the calling thread and replaces the process with the
+// user's command: resource limits, Landlock ruleset, groups and ids,
+// capabilities (bounding, ambient, then all sets), no_new_privs, Landlock,
+// seccomp last. Every step is per-thread, so the thread stays locked up
+// to execve. It never returns.
+func ExecMain() {
+	runtime.LockOSThread()
+	var s execSpec
+	if err := readSpec(&s); err != nil {
+		fatal(exitSetup, "sandbox exec: %v", err)
+	}
+	logf := verboseLogger(s.Verbose)
+	for _, kv := range s.Env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			_ = os.Setenv("PATH", v)
+		}
+	}
+	path, err := exec.LookPath(s.Argv[0])
+	if err != nil {
+		code := exitNotFound
+		if errors.Is(err, os.ErrPermission) {
+			code = exitCannotExec
+		}
+		fatal(code, "%s: %v", s.Argv[0], err)
+	}
+	if err := unix.Chdir(s.Dir); err != nil {
+		fatal(exitSetup, "working directory %s: %v", s.Dir, err)
+	}
+	if s.Nproc > 0 {
+		if err := unix.Setrlimit(unix.RLIMIT_NPROC, &unix.Rlimit{Cur: s.Nproc, Max: s.Nproc}); err != nil {
+			fatal(exitSetup, "rlimit nproc: %v", err)
+		}
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
+		fatal(exitSetup, "rlimit core: %v", err)
+	}
+	llfd, llflags, abi, err := landlockRuleset(s.Writable)
+	if err != nil {
+		fatal(exitSetup, "landlock: %v", err)
+	}
+	if err := dropPrivileges(s.UID, s.GID); err != nil {
+		fatal(exitSetup, "%v", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		fatal(exitSetup, "no_new_privs: %v", err)
+	}
+	if llfd >= 0 {
+		if err := ll.LandlockRestrictSelf(llfd, llflags); err != nil {
+			fatal(exitSetup, "landlock: %v", err)
+		}
+		unix.Close(llfd)
+		logf("landlock: ABI %d, writes confined to %s", abi, strings.Join(s.Writable, " "))
+	} else {
+		logf("landlock: not available on this kernel; skipped (the read-only mounts still apply)")
+	}
+	if s.Seccomp != nil {
+		logf("seccomp: %s profile, %d rules, %d BPF instructions", s.Seccomp.Source, s.Seccomp.Rules, len(s.Seccomp.Prog))
+		if err := s.Seccomp.install(); err != nil {
+			fatal(exitSetup, "%v", err)
+		}
+	}
+	err = unix.Exec(path, s.Argv, s.Env)
+	fatal(exitCannotExec, "%s: %v", s.Argv[0], err)
+}
+
+func landlockRuleset(writable []string) (fd int, flags uint32, abi int, err error) {
+	abi, verr := ll.LandlockGetABIVersion()
+	if verr != nil {
+		return -1, 0, 0, nil
+	}
+	cfg, err := landlock.NewConfig(landlock.AccessFSSet(landlockWrites))
+	if err != nil {
+		return -1, 0, 0, err
+	}
+	rules := []landlock.Rule{landlock.PathAccess(landlock.AccessFSSet(landlockWrites), writable...).IgnoreIfMissing()}
+	fd, flags, err = cfg.BestEffort().NewRulesetFD(rules...)
+	return fd, flags, abi, err
+}
+
+// dropPrivileges empties all five capability sets and switches ids. The
+// bounding set needs CAP_SETPCAP, so it goes first, while still root.
+func dropPrivileges(uid, gid int) error {
+	last := 63
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			last = n
+		}
+	}
+	for c := 0; c <= last; c++ {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("drop bounding capability %d: %w", c, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("clear ambient capabilities: %w", err)
+	}
+	if err := unix.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := unix.Setresgid(gid, gid, gid); err != nil {
+		return fmt.Errorf("set gid %d: %w", gid, err)
+	}
+	if err := unix.Setresuid(uid, uid, uid); err != nil {
+		return fmt.Errorf("set uid %d: %w", uid, err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("clear capabilities: %w", err)
+	}
+	return nil
+}

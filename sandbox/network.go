@@ -1,0 +1,110 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// Defaults for --network paddock.
+const (
+	DefaultCNIConfDir = "/etc/cni/net.d"
+	DefaultCNIBinDir  = "/opt/cni/bin"
+	cniNetworkName    = "paddock"
+	cniPluginType     = "paddock"
+	cniIfName         = "eth0"
+	cniTimeout        = 30 * time.Second
+)
+
+// cniNet is the sandbox's attachment to the paddock CNI network.
+type cniNet struct {
+	cni  *libcni.CNIConfig
+	list *libcni.NetworkConfigList
+	rt   *libcni.RuntimeConf
+}
+
+// loadCNI finds the network in confDir: the conflist named "paddock", else
+// the first one that has a plugin of type "paddock". policy, when given,
+// replaces the paddock plugin's "policy" key.
+func loadCNI(confDir, binDir, policy, id string) (*cniNet, error) {
+	list, err := libcni.LoadNetworkConf(confDir, cniNetworkName)
+	if err != nil {
+		files, _ := libcni.ConfFiles(confDir, []string{".conflist"})
+		for _, f := range files {
+			l, lerr := libcni.NetworkConfFromFile(f)
+			if lerr == nil && pluginIndex(l) >= 0 {
+				list, err = l, nil
+				break
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("no CNI network %q in %s (%v): install the paddock conflist there, pass --cni-conf-dir, or use --network none", cniNetworkName, confDir, err)
+	}
+	if i := pluginIndex(list); i >= 0 && policy != "" {
+		p, err := libcni.InjectConf(list.Plugins[i], map[string]any{"policy": policy})
+		if err != nil {
+			return nil, fmt.Errorf("set policy %q: %w", policy, err)
+		}
+		list.Plugins[i] = p
+	}
+	if _, err := os.Stat(filepath.Join(binDir, cniPluginType)); err != nil {
+		return nil, fmt.Errorf("CNI plugin %q not found in %s: install bin/cni/* there or pass --cni-bin-dir", cniPluginType, binDir)
+	}
+	return &cniNet{
+		cni:  libcni.NewCNIConfig([]string{binDir}, nil),
+		list: list,
+		rt:   &libcni.RuntimeConf{ContainerID: "paddock-run-" + id, IfName: cniIfName},
+	}, nil
+}
+
+func pluginIndex(l *libcni.NetworkConfigList) int {
+	for i, p := range l.Plugins {
+		if p.Network != nil && p.Network.Type == cniPluginType {
+			return i
+		}
+	}
+	return -1
+}
+
+// add attaches the namespace at netns; the result names the sandbox's
+// addresses for --verbose.
+func (n *cniNet) add(netns string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
+	defer cancel()
+	rt := *n.rt
+	rt.NetNS = netns
+	res, err := n.cni.AddNetworkList(ctx, n.list, &rt)
+	if err != nil {
+		return "", fmt.Errorf("CNI ADD on network %q: %w", n.list.Name, err)
+	}
+	desc := n.list.Name
+	if r, err := current.NewResultFromResult(res); err == nil {
+		for _, ip := range r.IPs {
+			desc += " " + ip.Address.String()
+		}
+	}
+	return desc, nil
+}
+
+// del detaches; it works without the namespace (which may be gone).
+func (n *cniNet) del() error {
+	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
+	defer cancel()
+	err := n.cni.DelNetworkList(ctx, n.list, n.rt)
+	var terr *types.Error
+	if errors.As(err, &terr) && terr.Code == types.ErrUnknownContainer {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("CNI DEL on network %q: %w", n.list.Name, err)
+	}
+	return nil
+}

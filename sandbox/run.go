@@ -1,0 +1,346 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Fixed places inside the sandbox.
+const (
+	DefaultCABundle = "/var/lib/paddock/ca/bundle.pem"
+	caInside        = "/run/paddock-ca/bundle.pem"
+	proxySockInside = "/run/paddock-proxy/proxy.sock"
+	// ProxyPort is the loopback HTTP proxy port under --network none.
+	ProxyPort      = 3128
+	defaultPath    = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	defaultUID     = 65534
+	defaultTmpSize = "512m"
+	defaultHome    = "/home/paddock"
+)
+
+// hiddenPaths are never visible: paddockd's socket, the proxy's CA key and
+// run state, the credentials the proxy injects.
+var hiddenPaths = []string{"/var/lib/paddock", "/etc/paddock", "/run/paddock", "/var/run/paddock"}
+
+// caVars are the trust variables curl, OpenSSL, Node, Python, git and pip read.
+var caVars = []string{"SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT"}
+
+const cloneFlags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS |
+	unix.CLONE_NEWNET | unix.CLONE_NEWCGROUP
+
+// DefaultOptions returns the options `paddock run` starts from.
+func DefaultOptions() Options {
+	return Options{
+		Network:    NetworkPaddock,
+		CNIConfDir: DefaultCNIConfDir,
+		CNIBinDir:  DefaultCNIBinDir,
+		UID:        defaultUID,
+		GID:        defaultUID,
+		TmpSize:    defaultTmpSize,
+		HomeSize:   defaultTmpSize,
+	}
+}
+
+// Run starts opts.Command in a sandbox and waits for it. It returns the
+// command's exit status (128+N when signal N ended it); an error means the
+// sandbox could not be set up, and nothing it created is left behind.
+func Run(opts Options) (code int, err error) {
+	if os.Geteuid() != 0 {
+		return 0, fmt.Errorf("paddock run needs root to create namespaces and cgroups: run it with sudo")
+	}
+	if err := opts.validate(); err != nil {
+		return 0, err
+	}
+	logf := verboseLogger(opts.Verbose)
+	if opts.CABundle == "" {
+		if _, err := os.Stat(DefaultCABundle); err == nil {
+			opts.CABundle = DefaultCABundle
+		}
+	}
+	filter, err := CompileSeccomp(opts.Seccomp)
+	if err != nil {
+		return 0, err
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir()
+	}
+	collect(opts.StateDir)
+
+	id := newID()
+	runDir := filepath.Join(opts.StateDir, id)
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return 0, fmt.Errorf("state directory: %w", err)
+	}
+	rec := &Record{
+		ID: id, Created: time.Now().UTC(), Command: opts.Command, Workspace: opts.Workspace.Source,
+		Overlay: opts.Workspace.Access == Overlay, PID: os.Getpid(), PIDStart: pidStart(os.Getpid()),
+		Network: opts.Network, CNIConfDir: opts.CNIConfDir, CNIBinDir: opts.CNIBinDir,
+	}
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+		if rec.Overlay && (err == nil) {
+			rec.Exited, rec.ExitCode = true, code
+			_ = rec.save(runDir)
+		} else {
+			_ = os.RemoveAll(runDir)
+		}
+	}()
+	if err := rec.save(runDir); err != nil {
+		return 0, err
+	}
+
+	spec, err := buildSpec(&opts, runDir, filter)
+	if err != nil {
+		return 0, err
+	}
+
+	var net *cniNet
+	if opts.Network == NetworkPaddock {
+		if net, err = loadCNI(opts.CNIConfDir, opts.CNIBinDir, opts.Policy, id); err != nil {
+			return 0, err
+		}
+	} else {
+		sock := filepath.Join(runDir, "proxy.sock")
+		ln, err := listenProxyBridge(sock, opts)
+		if err != nil {
+			return 0, err
+		}
+		cleanups = append(cleanups, func() { ln.Close() })
+		spec.ProxySock, spec.ProxyPort = proxySockInside, ProxyPort
+		spec.Binds = append(spec.Binds, bindSpec{Src: sock, Dst: proxySockInside, File: true, RW: true})
+	}
+
+	cg, err := newCgroup(id, limits{Memory: opts.Memory, CPUs: opts.CPUs, Pids: opts.Pids})
+	if err != nil {
+		return 0, err
+	}
+	cleanups = append(cleanups, cg.remove)
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer w.Close()
+	// Pdeathsig follows the thread that started the child: keep it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd := exec.Command("/proc/self/exe", InitCommand)
+	cmd.Args[0] = "paddock"
+	cmd.Env = []string{}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{r}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: cloneFlags,
+		// Its own session: a terminal's ^C reaches only the launcher, which
+		// forwards it once.
+		Setsid:    true,
+		Pdeathsig: syscall.SIGKILL,
+	}
+	cgfd, err := cg.fd()
+	if err != nil {
+		return 0, err
+	}
+	if cgfd >= 0 {
+		defer unix.Close(cgfd)
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgfd
+	}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGCONT)
+	defer signal.Stop(sigs)
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		return 0, fmt.Errorf("start sandbox: %w", err)
+	}
+	r.Close()
+	abort := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	if err := cg.enter(cmd.Process.Pid); err != nil {
+		abort()
+		return 0, err
+	}
+	logf("namespaces: mount pid ipc uts net cgroup (user: not used, ids are dropped to %d:%d instead)", opts.UID, opts.GID)
+	if len(cg.applied) > 0 {
+		logf("limits: %s", strings.Join(cg.applied, ", "))
+	}
+	if spec.Exec.Nproc > 0 {
+		logf("limits: rlimit NPROC=%d, CORE=0", spec.Exec.Nproc)
+	}
+	if net != nil {
+		cleanups = append(cleanups, func() {
+			if err := net.del(); err != nil {
+				fmt.Fprintf(os.Stderr, "paddock: %v (the next run retries)\n", err)
+			}
+		})
+		desc, err := net.add(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid))
+		if err != nil {
+			abort()
+			return 0, err
+		}
+		logf("network: paddock via CNI, %s", desc)
+	}
+	if opts.CABundle != "" {
+		logf("ca: %s mounted at %s; %s set", opts.CABundle, caInside, strings.Join(caVars, " "))
+	}
+	if err := json.NewEncoder(w).Encode(spec); err != nil {
+		abort()
+		return 0, fmt.Errorf("hand over to the sandbox: %w", err)
+	}
+	w.Close()
+
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for {
+		select {
+		case sig := <-sigs:
+			_ = cmd.Process.Signal(sig)
+		case err := <-done:
+			var ee *exec.ExitError
+			if err != nil && !errors.As(err, &ee) {
+				return 0, fmt.Errorf("wait for the sandbox: %w", err)
+			}
+			return statusCode(unix.WaitStatus(cmd.ProcessState.Sys().(syscall.WaitStatus))), nil
+		}
+	}
+}
+
+// buildSpec turns options into the init's instructions: mounts, masks,
+// environment, ids, limits, seccomp and the writable paths for Landlock.
+func buildSpec(o *Options, runDir string, filter *SeccompFilter) (*initSpec, error) {
+	home := os.Getenv("HOME")
+	if !filepath.IsAbs(home) || filepath.Clean(home) == "/" {
+		home = defaultHome
+	}
+	home = filepath.Clean(home)
+	s := &initSpec{
+		RootFS:   o.RootFS,
+		Hostname: "paddock",
+		Hidden:   hiddenPaths,
+		Verbose:  o.Verbose,
+		Tmpfs: []tmpfsSpec{
+			{Path: "/tmp", Size: o.TmpSize, Mode: "1777", NoExec: true},
+			{Path: home, Size: o.HomeSize, Mode: "0700", UID: o.UID, GID: o.GID},
+		},
+	}
+	writable := []string{"/tmp", home, "/dev", "/proc"}
+	for _, t := range o.Tmpfs {
+		s.Tmpfs = append(s.Tmpfs, tmpfsSpec{Path: t.Path, Size: t.Size, Mode: "0755", UID: o.UID, GID: o.GID})
+		writable = append(writable, t.Path)
+	}
+	ws := o.Workspace
+	binds := append([]Mount{ws}, o.Mounts...)
+	pats := compileMasks(append(append([]string{}, DefaultMasks...), o.Masks...))
+	for _, m := range binds {
+		b := bindSpec{Src: m.Source, Dst: m.Dest, RW: m.Access == ReadWrite}
+		if st, err := os.Stat(m.Source); err == nil && !st.IsDir() {
+			b.File = true
+		}
+		if m.Access == Overlay {
+			b.Upper, b.Work = filepath.Join(runDir, "upper"), filepath.Join(runDir, "work")
+			for _, d := range []string{b.Upper, b.Work} {
+				if err := os.Mkdir(d, 0o755); err != nil {
+					return nil, fmt.Errorf("overlay layer: %w", err)
+				}
+			}
+			// The layer belongs to the sandbox's user, who writes into it.
+			if err := os.Chown(b.Upper, o.UID, o.GID); err != nil {
+				return nil, fmt.Errorf("overlay layer: %w", err)
+			}
+		}
+		if m.Access != ReadOnly {
+			writable = append(writable, m.Dest)
+		}
+		s.Binds = append(s.Binds, b)
+		if !b.File {
+			scanMasks(m.Source, m.Dest, pats, &s.Masks)
+		} else if matchesAny(pats, m.Dest) {
+			s.Masks.Files = append(s.Masks.Files, m.Dest)
+		}
+	}
+	env := []string{"PATH=" + defaultPath, "HOME=" + home}
+	if t := os.Getenv("TERM"); t != "" {
+		env = append(env, "TERM="+t)
+	}
+	lang := os.Getenv("LANG")
+	if lang == "" {
+		lang = "C.UTF-8"
+	}
+	env = append(env, "LANG="+lang)
+	if o.CABundle != "" {
+		s.Binds = append(s.Binds, bindSpec{Src: o.CABundle, Dst: caInside, File: true})
+		for _, v := range caVars {
+			env = append(env, v+"="+caInside)
+		}
+	}
+	if o.Network == NetworkNone {
+		p := fmt.Sprintf("http://127.0.0.1:%d", ProxyPort)
+		env = append(env, "HTTP_PROXY="+p, "HTTPS_PROXY="+p, "http_proxy="+p, "https_proxy="+p,
+			"NO_PROXY=localhost,127.0.0.1", "no_proxy=localhost,127.0.0.1")
+	}
+	for _, n := range o.EnvPass {
+		if v, ok := os.LookupEnv(n); ok {
+			env = setEnv(env, n, v)
+		}
+	}
+	for _, kv := range o.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		env = setEnv(env, k, v)
+	}
+	var nproc uint64
+	if o.Pids > 0 {
+		nproc = uint64(o.Pids)
+	}
+	s.Exec = execSpec{
+		Argv: o.Command, Env: env, Dir: ws.Dest, UID: o.UID, GID: o.GID,
+		Seccomp: filter, Writable: writable, Nproc: nproc,
+	}
+	return s, nil
+}
+
+func matchesAny(pats []pattern, p string) bool {
+	rel := strings.Split(strings.Trim(p, "/"), "/")
+	for _, pt := range pats {
+		if pt.match(rel, false) {
+			return true
+		}
+	}
+	return false
+}
+
+func setEnv(env []string, k, v string) []string {
+	for i, kv := range env {
+		if strings.HasPrefix(kv, k+"=") {
+			env[i] = k + "=" + v
+			return env
+		}
+	}
+	return append(env, k+"="+v)
+}
+
+// listenProxyBridge serves the Unix socket bound into a --network none
+// sandbox, relaying each connection to the node's explicit proxy.
+func listenProxyBridge(sock string, o Options) (net.Listener, error) {
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("proxy bridge: %w", err)
+	}
+	dial := func() (net.Conn, error) { return net.DialTimeout("tcp", o.ProxyAddr, 10*time.Second) }
+	if o.ProxySocket != "" {
+		dial = func() (net.Conn, error) { return net.DialTimeout("unix", o.ProxySocket, 10*time.Second) }
+	}
+	go serveBridge(ln, dial)
+	return ln, nil
+}
