@@ -214,6 +214,28 @@ func (d *Daemon) waitReady(done chan struct{}) error {
 	}
 }
 
+// WaitReady waits up to timeout for paddockd to report Ready and returns its
+// last status; the error says which component held it back.
+func (d *Daemon) WaitReady(timeout time.Duration) (api.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c := d.Client()
+	for {
+		st, err := c.Status(ctx)
+		if err == nil && st.Ready {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("paddockd not ready after %s: %s %v", timeout, st.Message, st.Components)
+			}
+			return st, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // Client returns an API client for the daemon's socket.
 func (d *Daemon) Client() *api.Client { return api.NewClient(d.Socket) }
 
