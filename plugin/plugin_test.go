@@ -359,6 +359,25 @@ func TestAddFailsClosed(t *testing.T) {
 				t.Error("second attachment registered")
 			}
 		})
+		t.Run("host veth exists", func(t *testing.T) {
+			w := newWorld(t, v, "")
+			rt := w.sandbox("ctr")
+			name := HostVethName(w.key(rt))
+			if out, err := exec.Command("ip", "-n", filepath.Base(w.node), "link", "add", name, "type", "veth", "peer", "name", "other"+randSuffix(t)[:4]).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			_, err := w.add(rt)
+			t.Logf("ADD: %v", err)
+			if err == nil || !strings.Contains(err.Error(), name) {
+				t.Fatalf("want an error naming %s, got %v", name, err)
+			}
+			if l := w.nodeLinks(); !slices.Equal(l, []string{name}) {
+				t.Errorf("the pre-existing veth must survive the failed ADD: links %v", l)
+			}
+			if l := w.leases(); len(l) != 0 {
+				t.Errorf("leases left: %v", l)
+			}
+		})
 		t.Run("ipv6 from ipam", func(t *testing.T) {
 			w := newWorld(t, v, `[[{"subnet": "10.208.0.0/24"}], [{"subnet": "2001:db8::/64"}]]`)
 			_, err := w.add(w.sandbox("ctr"))
