@@ -317,3 +317,19 @@ func writeTemp(tmp *os.File, data []byte, mode fs.FileMode, ownerOf string) erro
 	}
 	return tmp.Close()
 }
+
+// CopyBinary installs the plugin executable src as dst (mode 0755) by
+// rename, so a runtime executing the old file at that moment is not hurt.
+func CopyBinary(src, dst string) error {
+	data, _, err := readFile(src)
+	if err != nil {
+		return fmt.Errorf("copy plugin: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("copy plugin: %w", err)
+	}
+	if have, _, err := readFile(dst); err == nil && bytes.Equal(have, data) {
+		return nil
+	}
+	return writeAtomic(dst, data, 0o755, "")
+}
