@@ -7,7 +7,7 @@
 // where paddockd enforces. paddock is IPv4-only: an IPAM result with an IPv6
 // address is refused at ADD (the enforcer denies IPv6), and ADD fails with
 // nothing left behind unless paddockd is reachable, ready and accepts the
-// registration. GC needs cni.dev/valid-attachments; without it GC removes
-// nothing, since the spec makes the list mandatory and reading its absence
+// registration. GC needs cni.dev/valid-attachments; without it GC succeeds
+// and removes nothing, since the spec makes the list mandatory and reading its absence
 // as "nothing is valid" would tear down every running sandbox.
 package plugin

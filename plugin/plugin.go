@@ -336,14 +336,15 @@ func Status(args *skel.CmdArgs) error {
 // The spec makes that key mandatory and gives no meaning to its absence
 // (cnitool omits it). Reading a missing list as "nothing is valid" would
 // tear down every running sandbox and hand their addresses out again, so a
-// GC without the key removes nothing and says so.
+// GC without the key removes nothing and succeeds: cnitool, which DELs its
+// cached attachments itself and then sends GC without the key, keeps working.
 func GC(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
 	if conf.validAttachments == nil {
-		return invalidConfig("cni.dev/valid-attachments is missing: GC removes only what is not in that list, so without it nothing was removed; give the still-valid attachments (an empty list means none)")
+		return nil
 	}
 	valid := make(map[api.Key]bool, len(conf.validAttachments))
 	req := api.GCRequest{Network: conf.Name, Valid: []api.Attachment{}}

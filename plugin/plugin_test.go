@@ -467,8 +467,8 @@ func TestGC(t *testing.T) {
 		// its cache, libcni itself would DEL everything cached first.)
 		err := w.gcUncached(nil)
 		t.Logf("GC: %v", err)
-		if cniCode(err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "cni.dev/valid-attachments") {
-			t.Fatalf("GC without valid attachments: want code 7, got %v", err)
+		if err != nil {
+			t.Fatalf("GC without valid attachments: want success that removes nothing, got %v", err)
 		}
 		if l := w.nodeLinks(); len(l) != 2 {
 			t.Fatalf("GC without a list removed veths: %v left", l)
