@@ -44,8 +44,44 @@ func createNetns(name string) (ns.NetNS, error) {
 	return h, nil
 }
 
-// deleteNetns removes a named namespace; one that does not exist is fine.
+// etcNetns is where `ip netns exec` finds per-namespace files to bind-mount
+// over /etc.
+const etcNetns = "/etc/netns"
+
+// writeSandboxEtc points the resolver of commands run by sandboxExec at the
+// world's DNS server, as a runtime's resolv.conf would.
+func writeSandboxEtc(name string) error {
+	dir := filepath.Join(etcNetns, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("sandbox resolv.conf: %w", err)
+	}
+	conf := fmt.Sprintf("nameserver %s\noptions timeout:2 attempts:1\n", DNSAddr)
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(conf), 0o644); err != nil {
+		return fmt.Errorf("sandbox resolv.conf: %w", err)
+	}
+	return nil
+}
+
+// sandboxExec runs argv in the sandbox namespace with `ip netns exec`, which
+// also mounts the sandbox's resolv.conf (and a fresh /sys).
+func sandboxExec(ctx context.Context, name string, argv ...string) ([]byte, error) {
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("exec in %s: empty command", name)
+	}
+	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", name}, argv...)...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s in %s: %w", strings.Join(argv, " "), name, err)
+	}
+	return out, nil
+}
+
+// deleteNetns removes a named namespace and its /etc/netns files; one that
+// does not exist is fine.
 func deleteNetns(name string) error {
+	if err := os.RemoveAll(filepath.Join(etcNetns, name)); err != nil {
+		return fmt.Errorf("remove %s: %w", filepath.Join(etcNetns, name), err)
+	}
+	_ = os.Remove(etcNetns) // only when no other namespace uses it
 	if _, err := os.Stat(netnsPath(name)); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

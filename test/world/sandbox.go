@@ -183,6 +183,10 @@ func (w *World) CreateSandbox(name string, opts SandboxOptions) (sb *Sandbox, er
 		return nil, err
 	}
 	h.Close()
+	if err := writeSandboxEtc(sb.NSName); err != nil {
+		_ = deleteNetns(sb.NSName)
+		return nil, err
+	}
 	sb.NetNS = netnsPath(sb.NSName)
 	sb.rt = &libcni.RuntimeConf{
 		ContainerID:    opts.ContainerID,
@@ -256,9 +260,11 @@ func (sb *Sandbox) Check() error {
 // RuntimeConf is what the world passed to libcni for this sandbox.
 func (sb *Sandbox) RuntimeConf() *libcni.RuntimeConf { return sb.rt }
 
-// Exec runs argv inside the sandbox namespace and returns its combined output.
+// Exec runs argv inside the sandbox namespace (`ip netns exec`, so that its
+// resolv.conf names the world's DNS server, 192.0.2.53) and returns its
+// combined output.
 func (sb *Sandbox) Exec(ctx context.Context, argv ...string) ([]byte, error) {
-	return nsExecContext(ctx, sb.NetNS, argv...)
+	return sandboxExec(ctx, sb.NSName, argv...)
 }
 
 // HTTPClient returns a client whose sockets and DNS lookups start inside the
@@ -319,6 +325,9 @@ func (w *World) AddPlainSandbox(name string) (p *PlainSandbox, err error) {
 	}
 	defer h.Close()
 	p.NetNS = netnsPath(p.NSName)
+	if err := writeSandboxEtc(p.NSName); err != nil {
+		return p, err
+	}
 	err = w.InNode(func() error {
 		if err := vethInto(p.HostVeth, "eth0", h); err != nil {
 			return err
@@ -343,9 +352,9 @@ func (w *World) AddPlainSandbox(name string) (p *PlainSandbox, err error) {
 	return p, err
 }
 
-// Exec runs argv inside the plain sandbox.
+// Exec runs argv inside the plain sandbox, as Sandbox.Exec does.
 func (p *PlainSandbox) Exec(ctx context.Context, argv ...string) ([]byte, error) {
-	return nsExecContext(ctx, p.NetNS, argv...)
+	return sandboxExec(ctx, p.NSName, argv...)
 }
 
 // Del deletes the namespace and with it the veth pair. Idempotent.

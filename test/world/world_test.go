@@ -141,6 +141,10 @@ func TestLeakDetectorSeesForwardedTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ping through a bare node should work (and leak): %v: %s", err, out)
 	}
+	// The sandbox resolves through the world's DNS server.
+	if out, err := p.Exec(ctx, "getent", "hosts", "echo.test"); err != nil || !strings.HasPrefix(string(out), "192.0.2.10") {
+		t.Errorf("getent hosts echo.test in the sandbox: %v: %s", err, out)
+	}
 	leaks := w.WaitLeak(2 * time.Second)
 	if len(leaks) == 0 || !strings.Contains(leaks[0], "ipv4 icmp "+p.IP.String()+" -> 192.0.2.20") {
 		t.Fatalf("leak detector missed the ping: %q", leaks)

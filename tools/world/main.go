@@ -317,11 +317,17 @@ func execIn(args []string) error {
 	if _, err := os.Stat(path); err != nil {
 		return fmt.Errorf("no namespace %q in world %s: want node, internet or a sandbox name", target, *name)
 	}
-	nsenter, err := exec.LookPath("nsenter")
+	// node and internet via nsenter (it leaves /sys/fs/bpf visible), a
+	// sandbox via `ip netns exec` (it mounts the sandbox's resolv.conf).
+	argv := append([]string{"nsenter", "--net=" + path, "--"}, cmd...)
+	if nsName != st.NodeNS && nsName != st.InternetNS {
+		argv = append([]string{"ip", "netns", "exec", nsName}, cmd...)
+	}
+	prog, err := exec.LookPath(argv[0])
 	if err != nil {
 		return err
 	}
-	return syscall.Exec(nsenter, append([]string{"nsenter", "--net=" + path, "--"}, cmd...), os.Environ())
+	return syscall.Exec(prog, argv, os.Environ())
 }
 
 func add(args []string) error {
