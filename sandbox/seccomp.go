@@ -3,9 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"os"
-	"slices"
 
-	seccompbpf "github.com/elastic/go-seccomp-bpf"
 	"github.com/elastic/go-seccomp-bpf/arch"
 	"github.com/moby/profiles/seccomp"
 	"github.com/opencontainers/runtime-spec/specs-go"
@@ -35,7 +33,10 @@ type SeccompFilter struct {
 // CompileSeccomp turns an OCI/Docker JSON profile (path "" = Docker's default
 // profile from github.com/moby/profiles) into a BPF program for this
 // architecture, resolved for a process with no capabilities, with the extra
-// denials prepended.
+// denials prepended. Syscall numbers come from go-seccomp-bpf's tables; the
+// program is emitted here because that module's assembler leaves an
+// argument, not the syscall number, in the accumulator after a failed
+// argument check, so later rules would compare against the wrong value.
 func CompileSeccomp(path string) (*SeccompFilter, error) {
 	spec := &specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}}
 	var (
@@ -63,23 +64,10 @@ func CompileSeccomp(path string) (*SeccompFilter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("seccomp: %w", err)
 	}
-	policy, rules, notes, err := toPolicy(prof, info)
+	insts, rules, notes, err := compileProfile(prof, info)
 	if err != nil {
 		return nil, fmt.Errorf("seccomp profile %s: %w", src, err)
 	}
-	// The assembler accepts only a bare action as the default; the errno
-	// goes into its final return (also the target of the architecture check).
-	def := policy.DefaultAction
-	policy.DefaultAction = def &^ seccompbpf.Action(unix.SECCOMP_RET_DATA)
-	insts, err := policy.Assemble()
-	if err != nil {
-		return nil, fmt.Errorf("seccomp profile %s: assemble: %w", src, err)
-	}
-	last, ok := insts[len(insts)-1].(bpf.RetConstant)
-	if !ok || last.Val&^unix.SECCOMP_RET_DATA != uint32(policy.DefaultAction) {
-		return nil, fmt.Errorf("seccomp profile %s: unexpected program shape", src)
-	}
-	insts[len(insts)-1] = bpf.RetConstant{Val: uint32(def)}
 	raw, err := bpf.Assemble(insts)
 	if err != nil {
 		return nil, fmt.Errorf("seccomp profile %s: assemble: %w", src, err)
@@ -87,214 +75,280 @@ func CompileSeccomp(path string) (*SeccompFilter, error) {
 	return &SeccompFilter{Source: src, Rules: rules, Prog: raw, Notes: notes}, nil
 }
 
-func ociAction(a specs.LinuxSeccompAction, errno *uint) (seccompbpf.Action, error) {
+func ociAction(a specs.LinuxSeccompAction, errno *uint) (uint32, error) {
 	e := uint32(unix.EPERM)
 	if errno != nil {
 		e = uint32(*errno)
 	}
 	switch a {
 	case specs.ActAllow:
-		return seccompbpf.ActionAllow, nil
+		return unix.SECCOMP_RET_ALLOW, nil
 	case specs.ActErrno:
-		return seccompbpf.ActionErrno | seccompbpf.Action(e&unix.SECCOMP_RET_DATA), nil
+		return unix.SECCOMP_RET_ERRNO | e&unix.SECCOMP_RET_DATA, nil
 	case specs.ActKill, specs.ActKillThread:
-		return seccompbpf.ActionKillThread, nil
+		return unix.SECCOMP_RET_KILL_THREAD, nil
 	case specs.ActKillProcess:
-		return seccompbpf.ActionKillProcess, nil
+		return unix.SECCOMP_RET_KILL_PROCESS, nil
 	case specs.ActTrap:
-		return seccompbpf.ActionTrap, nil
+		return unix.SECCOMP_RET_TRAP, nil
 	case specs.ActLog:
-		return seccompbpf.ActionLog, nil
-	case specs.ActTrace:
-		return seccompbpf.ActionErrno | seccompbpf.Action(unix.ENOSYS), nil
+		return unix.SECCOMP_RET_LOG, nil
 	}
-	return 0, fmt.Errorf("action %q is not supported", a)
+	return 0, fmt.Errorf("action %q is not supported (no tracer or listener runs beside the sandbox)", a)
 }
 
-// conditions turns one OCI rule's argument checks into alternatives (OR of
-// ANDs), as runc does: checks on distinct arguments are ANDed, several checks
-// on the same argument become separate alternatives.
-func conditions(args []specs.LinuxSeccompArg) ([]seccompbpf.ArgumentConditions, error) {
-	one := func(a specs.LinuxSeccompArg) (seccompbpf.ArgumentConditions, error) {
-		c := seccompbpf.Condition{Argument: uint32(a.Index), Value: a.Value}
-		switch a.Op {
-		case specs.OpEqualTo:
-			c.Operation = seccompbpf.Equal
-		case specs.OpNotEqual:
-			c.Operation = seccompbpf.NotEqual
-		case specs.OpGreaterThan:
-			c.Operation = seccompbpf.GreaterThan
-		case specs.OpGreaterEqual:
-			c.Operation = seccompbpf.GreaterOrEqual
-		case specs.OpLessThan:
-			c.Operation = seccompbpf.LessThan
-		case specs.OpLessEqual:
-			c.Operation = seccompbpf.LessOrEqual
-		case specs.OpMaskedEqual:
-			// (arg & mask) == value, one bit at a time: each bit of value
-			// must be set, every other bit of mask clear.
-			var out seccompbpf.ArgumentConditions
-			mask, want := a.Value, a.ValueTwo
-			if want&^mask != 0 {
-				return nil, fmt.Errorf("masked compare value %#x has bits outside mask %#x", want, mask)
-			}
-			for b := uint(0); b < 64; b++ {
-				if want&(1<<b) != 0 {
-					out = append(out, seccompbpf.Condition{Argument: uint32(a.Index), Operation: seccompbpf.BitsSet, Value: 1 << b})
-				}
-			}
-			if clear := mask &^ want; clear != 0 {
-				out = append(out, seccompbpf.Condition{Argument: uint32(a.Index), Operation: seccompbpf.BitsNotSet, Value: clear})
-			}
-			return out, nil
-		default:
-			return nil, fmt.Errorf("argument operator %q is not supported", a.Op)
-		}
-		return seccompbpf.ArgumentConditions{c}, nil
-	}
-	if len(args) == 0 {
-		return nil, nil
-	}
+// cond is one argument check: (arg & mask) op value, 64-bit.
+type cond struct {
+	arg   uint
+	op    specs.LinuxSeccompOperator
+	mask  uint64
+	value uint64
+}
+
+// rule matches a syscall when any alternative holds (an alternative holds
+// when all its checks do); no alternatives means always.
+type rule struct {
+	nr     uint32
+	alts   [][]cond
+	action uint32
+}
+
+// alternatives groups one OCI rule's checks as runc does: checks on
+// distinct arguments are ANDed, several on the same argument are ORed.
+func alternatives(args []specs.LinuxSeccompArg) ([][]cond, error) {
+	var out []cond
 	seen := map[uint]bool{}
 	distinct := true
 	for _, a := range args {
+		if a.Index > 5 {
+			return nil, fmt.Errorf("argument index %d is out of range 0-5", a.Index)
+		}
+		c := cond{arg: a.Index, op: a.Op, mask: ^uint64(0), value: a.Value}
+		switch a.Op {
+		case specs.OpEqualTo, specs.OpNotEqual, specs.OpGreaterThan, specs.OpGreaterEqual, specs.OpLessThan, specs.OpLessEqual:
+		case specs.OpMaskedEqual:
+			c.mask, c.value = a.Value, a.ValueTwo
+		default:
+			return nil, fmt.Errorf("argument operator %q is not supported", a.Op)
+		}
 		if seen[a.Index] {
 			distinct = false
 		}
 		seen[a.Index] = true
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, nil
 	}
 	if distinct {
-		var and seccompbpf.ArgumentConditions
-		for _, a := range args {
-			c, err := one(a)
-			if err != nil {
-				return nil, err
-			}
-			and = append(and, c...)
-		}
-		return []seccompbpf.ArgumentConditions{and}, nil
+		return [][]cond{out}, nil
 	}
-	var alts []seccompbpf.ArgumentConditions
-	for _, a := range args {
-		c, err := one(a)
-		if err != nil {
-			return nil, err
-		}
-		alts = append(alts, c)
+	alts := make([][]cond, len(out))
+	for i, c := range out {
+		alts[i] = []cond{c}
 	}
 	return alts, nil
 }
 
-type group struct {
-	action  seccompbpf.Action
-	uncond  []string
-	conds   map[string][]seccompbpf.ArgumentConditions
-	ordered []string
-}
-
-func (g *group) add(name string, alts []seccompbpf.ArgumentConditions) {
-	if g.conds == nil {
-		g.conds = map[string][]seccompbpf.ArgumentConditions{}
-	}
-	if slices.Contains(g.uncond, name) {
-		return
-	}
-	if len(alts) == 0 {
-		g.uncond = append(g.uncond, name)
-		delete(g.conds, name)
-		return
-	}
-	if _, ok := g.conds[name]; !ok {
-		g.ordered = append(g.ordered, name)
-	}
-	g.conds[name] = append(g.conds[name], alts...)
-}
-
-func (g *group) syscallGroup() seccompbpf.SyscallGroup {
-	sg := seccompbpf.SyscallGroup{Action: g.action, Names: g.uncond}
-	for _, n := range g.ordered {
-		alts, ok := g.conds[n]
-		if !ok {
-			continue
-		}
-		for _, a := range alts {
-			sg.NamesWithCondtions = append(sg.NamesWithCondtions, seccompbpf.NameWithConditions{Name: n, Conditions: a})
-		}
-	}
-	return sg
-}
-
-func toPolicy(prof *specs.LinuxSeccomp, info *arch.Info) (*seccompbpf.Policy, int, []string, error) {
+func compileProfile(prof *specs.LinuxSeccomp, info *arch.Info) ([]bpf.Instruction, int, []string, error) {
 	def, err := ociAction(prof.DefaultAction, prof.DefaultErrnoRet)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("defaultAction: %w", err)
 	}
-	eperm := seccompbpf.ActionErrno | seccompbpf.Action(unix.EPERM)
-	deny := &group{action: eperm}
+	eperm := uint32(unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM))
+	num := func(n string) (uint32, bool) {
+		v, ok := info.SyscallNames[n]
+		return uint32(v | info.SeccompMask), ok
+	}
+	// Refusals first, so that no allow in the profile can shadow them.
+	var rules []rule
+	denied := map[uint32]bool{}
 	for _, n := range extraDenied {
-		if _, ok := info.SyscallNames[n]; ok {
-			deny.add(n, nil)
+		if nr, ok := num(n); ok {
+			rules = append(rules, rule{nr: nr, action: eperm})
+			denied[nr] = true
 		}
 	}
-	// Raw and packet sockets: socket(AF_PACKET, ...) and socket(*, SOCK_RAW).
-	deny.add("socket", []seccompbpf.ArgumentConditions{
-		{{Argument: 0, Operation: seccompbpf.Equal, Value: unix.AF_PACKET}},
-		{{Argument: 1, Operation: seccompbpf.BitsSet, Value: 1}, {Argument: 1, Operation: seccompbpf.BitsSet, Value: 2}, {Argument: 1, Operation: seccompbpf.BitsNotSet, Value: 0xc}},
-	})
-	// Typing into the terminal the sandbox shares with the user's shell.
-	deny.add("ioctl", []seccompbpf.ArgumentConditions{
-		{{Argument: 1, Operation: seccompbpf.Equal, Value: unix.TIOCSTI}},
-		{{Argument: 1, Operation: seccompbpf.Equal, Value: unix.TIOCLINUX}},
-	})
-
-	groups := map[seccompbpf.Action]*group{}
-	var order []seccompbpf.Action
+	if nr, ok := num("socket"); ok {
+		rules = append(rules, rule{nr: nr, action: eperm, alts: [][]cond{
+			{{arg: 0, op: specs.OpEqualTo, mask: ^uint64(0), value: unix.AF_PACKET}},
+			{{arg: 1, op: specs.OpMaskedEqual, mask: 0xf, value: unix.SOCK_RAW}},
+			{{arg: 1, op: specs.OpMaskedEqual, mask: 0xf, value: unix.SOCK_PACKET}},
+		}})
+	}
+	if nr, ok := num("ioctl"); ok {
+		// Typing into the terminal the sandbox shares with the user's shell.
+		rules = append(rules, rule{nr: nr, action: eperm, alts: [][]cond{
+			{{arg: 1, op: specs.OpMaskedEqual, mask: 0xffffffff, value: unix.TIOCSTI}},
+			{{arg: 1, op: specs.OpMaskedEqual, mask: 0xffffffff, value: unix.TIOCLINUX}},
+		}})
+	}
+	var allows, others []rule
 	var notes []string
-	rules := 0
 	for _, sc := range prof.Syscalls {
 		act, err := ociAction(sc.Action, sc.ErrnoRet)
 		if err != nil {
 			return nil, 0, nil, fmt.Errorf("syscalls %v: %w", sc.Names, err)
 		}
-		alts, err := conditions(sc.Args)
+		alts, err := alternatives(sc.Args)
 		if err != nil {
 			return nil, 0, nil, fmt.Errorf("syscalls %v: %w", sc.Names, err)
 		}
-		g := groups[act]
-		if g == nil {
-			g = &group{action: act}
-			groups[act] = g
-			order = append(order, act)
-		}
 		for _, n := range sc.Names {
-			if _, ok := info.SyscallNames[n]; !ok {
+			nr, ok := num(n)
+			if !ok {
 				notes = append(notes, n)
 				continue
 			}
-			if slices.Contains(deny.uncond, n) {
+			if denied[nr] {
 				continue
 			}
-			g.add(n, alts)
-			rules++
+			r := rule{nr: nr, alts: alts, action: act}
+			if act == unix.SECCOMP_RET_ALLOW {
+				allows = append(allows, r)
+			} else {
+				others = append(others, r)
+			}
 		}
 	}
-	p := &seccompbpf.Policy{DefaultAction: def}
-	p.Syscalls = append(p.Syscalls, deny.syscallGroup())
-	// Refusals first so that an allow in the profile cannot shadow them.
-	slices.SortStableFunc(order, func(a, b seccompbpf.Action) int {
-		ra, rb := a == seccompbpf.ActionAllow, b == seccompbpf.ActionAllow
-		switch {
-		case ra == rb:
-			return 0
-		case ra:
-			return 1
-		}
-		return -1
-	})
-	for _, a := range order {
-		p.Syscalls = append(p.Syscalls, groups[a].syscallGroup())
+	rules = append(append(rules, others...), allows...)
+	prog, err := emit(rules, def, info)
+	return prog, len(rules), notes, err
+}
+
+// seccomp_data offsets: nr, arch, then six 64-bit arguments (little-endian
+// words on the architectures Go supports here).
+const (
+	offNr   = 0
+	offArch = 4
+	offArgs = 16
+)
+
+func ldArg(arg uint, hi bool) bpf.Instruction {
+	off := uint32(offArgs + 8*arg)
+	if hi {
+		off += 4
 	}
-	return p, rules, notes, nil
+	return bpf.LoadAbsolute{Off: off, Size: 4}
+}
+
+// fail marks a jump whose true or false branch leaves the alternative.
+type pending struct {
+	inst      bpf.Instruction
+	failTrue  bool
+	failFalse bool
+}
+
+// check emits one argument check; a branch marked fail leaves the
+// alternative, any other branch falls through or skips within the check.
+func check(c cond) []pending {
+	hiV, loV := uint32(c.value>>32), uint32(c.value)
+	hiM, loM := uint32(c.mask>>32), uint32(c.mask)
+	ld := func(hi bool) []pending {
+		p := []pending{{inst: ldArg(c.arg, hi)}}
+		m := loM
+		if hi {
+			m = hiM
+		}
+		if m != 0xffffffff {
+			p = append(p, pending{inst: bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: m}})
+		}
+		return p
+	}
+	j := func(cond bpf.JumpTest, v uint32, skipT, skipF uint8, failT, failF bool) pending {
+		return pending{inst: bpf.JumpIf{Cond: cond, Val: v, SkipTrue: skipT, SkipFalse: skipF}, failTrue: failT, failFalse: failF}
+	}
+	var out []pending
+	lo := ld(false)
+	switch c.op {
+	case specs.OpEqualTo, specs.OpMaskedEqual:
+		out = append(ld(true), j(bpf.JumpEqual, hiV, 0, 0, false, true))
+		out = append(append(out, lo...), j(bpf.JumpEqual, loV, 0, 0, false, true))
+	case specs.OpNotEqual:
+		out = append(ld(true), j(bpf.JumpEqual, hiV, 0, uint8(len(lo)+1), false, false))
+		out = append(append(out, lo...), j(bpf.JumpEqual, loV, 0, 0, true, false))
+	case specs.OpGreaterThan, specs.OpGreaterEqual:
+		last := bpf.JumpGreaterThan
+		if c.op == specs.OpGreaterEqual {
+			last = bpf.JumpGreaterOrEqual
+		}
+		out = append(ld(true), j(bpf.JumpGreaterThan, hiV, uint8(len(lo)+2), 0, false, false), j(bpf.JumpEqual, hiV, 0, 0, false, true))
+		out = append(append(out, lo...), j(last, loV, 0, 0, false, true))
+	case specs.OpLessThan, specs.OpLessEqual:
+		out = append(ld(true), j(bpf.JumpGreaterOrEqual, hiV, 0, uint8(len(lo)+2), false, false), j(bpf.JumpEqual, hiV, 0, 0, false, true))
+		if c.op == specs.OpLessThan {
+			out = append(append(out, lo...), j(bpf.JumpGreaterOrEqual, loV, 0, 0, true, false))
+		} else {
+			out = append(append(out, lo...), j(bpf.JumpGreaterThan, loV, 0, 0, true, false))
+		}
+	}
+	return out
+}
+
+// emit lays the rules out linearly. Unconditional rules share one return
+// per run of equal actions; a conditional rule is a block skipped when
+// the number differs, whose failed alternatives end by reloading it.
+func emit(rules []rule, def uint32, info *arch.Info) ([]bpf.Instruction, error) {
+	prog := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: offArch, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(info.ID), SkipTrue: 1},
+		bpf.RetConstant{Val: def},
+		bpf.LoadAbsolute{Off: offNr, Size: 4},
+	}
+	if info.SeccompMask != 0 {
+		// The x32 ABI would be a second syscall table behind the same arch.
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: uint32(info.SeccompMask), SkipFalse: 1}, bpf.RetConstant{Val: def})
+	}
+	const chunk = 200
+	for i := 0; i < len(rules); {
+		r := rules[i]
+		if len(r.alts) == 0 {
+			n := i
+			for n < len(rules) && n-i < chunk && len(rules[n].alts) == 0 && rules[n].action == r.action {
+				n++
+			}
+			run := rules[i:n]
+			for k, u := range run {
+				prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: u.nr, SkipTrue: uint8(len(run) - k)})
+			}
+			prog = append(prog, bpf.Jump{Skip: 1}, bpf.RetConstant{Val: r.action})
+			i = n
+			continue
+		}
+		var block []bpf.Instruction
+		for _, alt := range r.alts {
+			var p []pending
+			for _, c := range alt {
+				p = append(p, check(c)...)
+			}
+			p = append(p, pending{inst: bpf.RetConstant{Val: r.action}})
+			for idx, pi := range p {
+				if ji, ok := pi.inst.(bpf.JumpIf); ok {
+					toEnd := len(p) - idx - 1
+					if toEnd > 255 {
+						return nil, fmt.Errorf("argument checks too long")
+					}
+					if pi.failTrue {
+						ji.SkipTrue = uint8(toEnd)
+					}
+					if pi.failFalse {
+						ji.SkipFalse = uint8(toEnd)
+					}
+					pi.inst = ji
+				}
+				block = append(block, pi.inst)
+			}
+		}
+		block = append(block, bpf.LoadAbsolute{Off: offNr, Size: 4})
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: r.nr, SkipTrue: 1}, bpf.Jump{Skip: uint32(len(block))})
+		prog = append(prog, block...)
+		i++
+	}
+	prog = append(prog, bpf.RetConstant{Val: def})
+	if len(prog) > 4096 {
+		return nil, fmt.Errorf("profile compiles to %d instructions, more than the kernel's 4096", len(prog))
+	}
+	return prog, nil
 }
 
 // install loads the filter on the calling thread only; the caller holds
