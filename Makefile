@@ -9,7 +9,7 @@ export PADDOCK_BIN := $(BIN)
 
 CNI_PLUGINS := github.com/containernetworking/plugins/plugins
 
-.PHONY: all build generate generate-check test test-unit test-e2e demo bench clean fmt vet
+.PHONY: all build generate generate-check test test-unit test-e2e demo bench clean fmt vet install uninstall
 
 all: build
 
@@ -40,6 +40,12 @@ demo: build
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 20m ./test/...
+
+# Install onto this node (root), or stage into DESTDIR; tools/install.sh lists
+# what goes where and the other settings (CNI_BIN_DIR, ...). uninstall keeps
+# configuration, policies, secrets, state and logs.
+install uninstall:
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BIN='$(BIN)' bash tools/install.sh $@
 
 clean:
 	rm -rf $(BIN)
