@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Access is how a bound directory may be used inside the sandbox.
@@ -61,6 +62,9 @@ type Options struct {
 	CPUs   float64 // 0 = unlimited
 	Pids   int64   // 0 = unlimited
 
+	// UID and GID run the command; -1 picks the owner of a writable
+	// workspace when that is a regular user (so the agent can edit the
+	// project), else 65534 (nobody).
 	UID, GID int
 
 	Env      []string // K=V
@@ -225,9 +229,7 @@ func (o *Options) validate() error {
 	if o.CPUs < 0 || o.Memory < 0 || o.Pids < 0 {
 		return fmt.Errorf("limits must not be negative")
 	}
-	if o.UID < 0 || o.GID < 0 {
-		return fmt.Errorf("uid and gid must not be negative")
-	}
+	o.resolveIDs()
 	if o.Seccomp != "" {
 		if _, err := os.Stat(o.Seccomp); err != nil {
 			return fmt.Errorf("seccomp profile %q: %w", o.Seccomp, err)
@@ -239,4 +241,24 @@ func (o *Options) validate() error {
 		}
 	}
 	return nil
+}
+
+func (o *Options) resolveIDs() {
+	uid, gid := defaultUID, defaultUID
+	if o.Workspace.Access != ReadOnly {
+		if st, err := os.Stat(o.Workspace.Source); err == nil {
+			if s, ok := st.Sys().(*syscall.Stat_t); ok && s.Uid != 0 {
+				uid, gid = int(s.Uid), int(s.Gid)
+			}
+		}
+	}
+	if o.UID < 0 {
+		o.UID = uid
+	}
+	if o.GID < 0 {
+		o.GID = gid
+		if o.UID != uid {
+			o.GID = o.UID
+		}
+	}
 }

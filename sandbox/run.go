@@ -46,8 +46,8 @@ func DefaultOptions() Options {
 		Network:    NetworkPaddock,
 		CNIConfDir: DefaultCNIConfDir,
 		CNIBinDir:  DefaultCNIBinDir,
-		UID:        defaultUID,
-		GID:        defaultUID,
+		UID:        -1,
+		GID:        -1,
 		TmpSize:    defaultTmpSize,
 		HomeSize:   defaultTmpSize,
 	}

@@ -81,14 +81,15 @@ func cmdRun(args []string) error {
 		return nil
 	}), "cpus", "CPU limit in cores, e.g. `1.5`")
 	fs.Int64Var(&o.Pids, "pids", 0, "maximum number of processes")
-	fs.IntVar(&o.UID, "uid", o.UID, "user id inside")
-	fs.IntVar(&o.GID, "gid", o.GID, "group id inside")
+	fs.IntVar(&o.UID, "uid", o.UID, "user id inside (default: a writable workspace's owner if not root, else 65534)")
+	fs.IntVar(&o.GID, "gid", o.GID, "group id inside (default: goes with the uid)")
 	fs.Var(&envs, "env", "`K=V` set in the (otherwise clean) environment (repeatable)")
 	fs.Var(&envPass, "env-pass", "`NAME` of a host variable to pass in (repeatable)")
 	fs.StringVar(&o.Seccomp, "seccomp", "", "OCI/Docker JSON seccomp profile `FILE` (default: Docker's default plus paddock's denials)")
 	fs.Var(&masks, "mask", "`GLOB` to mask in addition to the built-in secret list (repeatable; trailing / = directory)")
 	fs.StringVar(&o.CABundle, "ca-bundle", "", "paddock CA bundle `FILE` to trust (default "+sandbox.DefaultCABundle+" if present)")
 	fs.BoolVar(&o.Verbose, "verbose", false, "print what was applied")
+	fs.StringVar(&o.StateDir, "state-dir", sandbox.DefaultStateDir(), "run state and overlay layers `DIR`")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return nil
