@@ -64,8 +64,9 @@ func (r Reason) String() string {
 // Reasons lists every reason with a name, in value order.
 func Reasons() []Reason {
 	out := make([]Reason, 0, len(reasonNames))
-	for r := Reason(0); int(r) < 256; r++ {
-		if _, ok := reasonNames[r]; ok {
+	// Loop over int: a Reason counter would wrap at 255 and never stop.
+	for i := 0; i < 256; i++ {
+		if r := Reason(i); reasonNames[r] != "" {
 			out = append(out, r)
 		}
 	}
