@@ -110,9 +110,18 @@ do_uninstall() {
 	[ "$(id -u)" = 0 ] || [ -n "$DESTDIR" ] || die "uninstalling from this host needs root; use sudo"
 	# Removing the plugin under a conflist that still names it breaks every
 	# sandbox's ADD and DEL on this node.
-	if [ -z "${FORCE:-}" ] && [ -d "$DESTDIR$CNI_CONF_DIR" ] &&
-		grep -lEs '"type"[[:space:]]*:[[:space:]]*"paddock"' "$DESTDIR$CNI_CONF_DIR"/*.conf "$DESTDIR$CNI_CONF_DIR"/*.conflist "$DESTDIR$CNI_CONF_DIR"/*.json >/dev/null; then
-		die "a CNI config in $DESTDIR$CNI_CONF_DIR still uses paddock ($(grep -lEs '"type"[[:space:]]*:[[:space:]]*"paddock"' "$DESTDIR$CNI_CONF_DIR"/* | tr '\n' ' ')): run 'paddock cni uninstall [--chain NETWORK]' first, or FORCE=1"
+	local users=()
+	if [ -z "${FORCE:-}" ] && [ -d "$DESTDIR$CNI_CONF_DIR" ]; then
+		shopt -s nullglob
+		for f in "$DESTDIR$CNI_CONF_DIR"/*.conf "$DESTDIR$CNI_CONF_DIR"/*.conflist "$DESTDIR$CNI_CONF_DIR"/*.json; do
+			if grep -qE '"type"[[:space:]]*:[[:space:]]*"paddock"' "$f"; then
+				users+=("$f")
+			fi
+		done
+		shopt -u nullglob
+	fi
+	if [ ${#users[@]} -gt 0 ]; then
+		die "CNI config still uses paddock: ${users[*]}; run 'paddock cni uninstall [--chain NETWORK]' first (or FORCE=1 to remove anyway)"
 	fi
 	if systemd_running; then
 		systemctl disable --now paddockd.service 2>/dev/null || true
