@@ -1,0 +1,473 @@
+package sandbox_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// paddockBin is the CLI under test: $PADDOCK_BIN/paddock when the Makefile
+// built it, else built here once.
+var paddockBin string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if dir := os.Getenv("PADDOCK_BIN"); dir != "" {
+			if _, err := os.Stat(filepath.Join(dir, "paddock")); err == nil {
+				paddockBin = filepath.Join(dir, "paddock")
+				return m.Run()
+			}
+		}
+		tmp, err := os.MkdirTemp("", "paddock-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(tmp)
+		paddockBin = filepath.Join(tmp, "paddock")
+		out, err := exec.Command("go", "build", "-o", paddockBin, "github.com/paddock-sandbox/paddock/cmd/paddock").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build paddock: %v\n%s", err, out)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("paddock run needs root (namespaces, cgroups, mounts): run the tests as root")
+	}
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// env is a fresh workspace and state directory per test.
+type env struct {
+	t     *testing.T
+	ws    string
+	state string
+}
+
+func newEnv(t *testing.T) *env {
+	needRoot(t)
+	e := &env{t: t, ws: t.TempDir(), state: t.TempDir()}
+	// The sandbox user must be able to read (and, for rw tests, write) it.
+	if err := os.Chmod(e.ws, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) paddock(args ...string) result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, paddockBin, args...)
+	cmd.Dir = e.ws
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	r := result{stdout: so.String(), stderr: se.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		e.t.Fatalf("paddock %v: %v", args, err)
+	}
+	return r
+}
+
+// run runs a shell script in a --network none sandbox over the workspace.
+func (e *env) run(flags []string, script string) result {
+	e.t.Helper()
+	args := append([]string{"run", "--network", "none", "--state-dir", e.state}, flags...)
+	return e.paddock(append(args, "--", "sh", "-c", script)...)
+}
+
+func (e *env) write(rel, content string) {
+	e.t.Helper()
+	p := filepath.Join(e.ws, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func TestConfinementInside(t *testing.T) {
+	e := newEnv(t)
+	r := e.run(nil, `grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; id -u`)
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000",
+		"CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2", "65534"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("missing %q in:\n%s", want, r.stdout)
+		}
+	}
+}
+
+func TestFilesystem(t *testing.T) {
+	e := newEnv(t)
+	e.write("file.txt", "data\n")
+	cases := []struct {
+		name, script string
+		flags        []string
+		wantOK       bool
+	}{
+		{"root is read-only", `touch /newfile`, nil, false},
+		{"etc is read-only", `echo x >> /etc/hostname`, nil, false},
+		{"ro workspace", `echo x > file.txt`, nil, false},
+		{"ro workspace new file", `touch new.txt`, nil, false},
+		{"tmp writable", `echo x > /tmp/f && cat /tmp/f`, nil, true},
+		{"tmp not executable", `cp /bin/true /tmp/t && chmod +x /tmp/t && /tmp/t`, nil, false},
+		{"home writable", `echo x > "$HOME/f"`, nil, true},
+		{"proc sys read-only", `echo 1 > /proc/sys/kernel/sysrq`, nil, false},
+		{"sysrq-trigger read-only", `echo h > /proc/sysrq-trigger`, nil, false},
+		{"paddock state hidden", `test -z "$(ls -A /var/lib/paddock 2>/dev/null)"`, nil, true},
+		{"bpffs hidden", `test -z "$(ls -A /sys/fs/bpf 2>/dev/null)"`, nil, true},
+		{"dev minimal", `test "$(ls /dev | sort | tr '\n' ' ')" = "core fd full null ptmx pts random shm stderr stdin stdout tty urandom zero "`, nil, true},
+		{"dev null writable", `echo x > /dev/null`, nil, true},
+		{"host pids invisible", `test "$(ls -d /proc/[0-9]* | wc -l)" -lt 10`, nil, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.run(c.flags, c.script)
+			if (r.code == 0) != c.wantOK {
+				t.Errorf("%s: exit %d (want success=%v)\nstdout: %s\nstderr: %s", c.script, r.code, c.wantOK, r.stdout, r.stderr)
+			}
+		})
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.ws, "file.txt")); string(b) != "data\n" {
+		t.Errorf("read-only workspace changed: %q", b)
+	}
+}
+
+func TestRWWorkspace(t *testing.T) {
+	e := newEnv(t)
+	if err := os.Chown(e.ws, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	r := e.run([]string{"--workspace", e.ws + ":rw", "--uid", "65534"}, `echo hello > out.txt`)
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.ws, "out.txt")); string(b) != "hello\n" {
+		t.Errorf("rw workspace write lost: %q", b)
+	}
+}
+
+// secretPaths covers every default mask pattern.
+var secretPaths = []string{
+	".env", ".env.local", ".git-credentials", ".aws/credentials", ".config/gcloud/application_default_credentials.json",
+	".azure/accessTokens.json", ".docker/config.json", ".kube/config", ".npmrc", ".pypirc",
+	"deploy-service-account.json", "tls.pem", "server.key", ".ssh/id_ed25519", "sub/dir/.env",
+}
+
+func TestSecretsMasked(t *testing.T) {
+	e := newEnv(t)
+	home := t.TempDir()
+	if err := os.Chmod(home, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range secretPaths {
+		e.write(p, "TOPSECRET\n")
+		full := filepath.Join(home, p)
+		_ = os.MkdirAll(filepath.Dir(full), 0o755)
+		if err := os.WriteFile(full, []byte("TOPSECRET\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.write("notes.txt", "visible\n")
+	e.write("custom.secret", "TOPSECRET\n")
+	var script strings.Builder
+	for _, p := range secretPaths {
+		fmt.Fprintf(&script, "cat %q 2>/dev/null; cat %q 2>/dev/null; ", p, "/fakehome/"+p)
+	}
+	script.WriteString("cat custom.secret 2>/dev/null; cat notes.txt; echo x > /fakehome/.npmrc 2>/dev/null && echo WROTE")
+	r := e.run([]string{"--mount", home + ":/fakehome:rw", "--mask", "*.secret"}, script.String())
+	if strings.Contains(r.stdout, "TOPSECRET") || strings.Contains(r.stdout, "WROTE") {
+		t.Errorf("a secret leaked or a mask was writable:\n%s\n%s", r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "visible") {
+		t.Errorf("ordinary file not readable: %q %s", r.stdout, r.stderr)
+	}
+	// A masked directory reads as empty.
+	r = e.run(nil, `ls -A .aws .ssh .config/gcloud | grep -v ':$' | grep . && exit 1; exit 0`)
+	if r.code != 0 {
+		t.Errorf("masked directories not empty: %s %s", r.stdout, r.stderr)
+	}
+}
+
+func TestSeccompDenials(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 is needed for the syscall probes")
+	}
+	e := newEnv(t)
+	probe := `
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def sys(name, r):
+    print(name, "EPERM" if r == -1 and ctypes.get_errno() == 1 else "r=%d errno=%d" % (r, ctypes.get_errno()))
+sys("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+sys("unshare", libc.unshare(0x10000000))
+sys("ptrace", libc.ptrace(16, 1, 0, 0))
+sys("bpf", libc.syscall(321, 0, 0, 0))
+for name, fam, typ, proto in [("raw", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP), ("packet", socket.AF_PACKET, socket.SOCK_RAW, 0)]:
+    try:
+        socket.socket(fam, typ, proto); print(name, "OPENED")
+    except OSError as e:
+        print(name, "EPERM" if e.errno == 1 else e)
+socket.socket(); print("tcp ok")
+`
+	r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--", "python3", "-c", probe)
+	for _, n := range []string{"mount", "unshare", "ptrace", "bpf", "raw", "packet"} {
+		if !strings.Contains(r.stdout, n+" EPERM") {
+			t.Errorf("%s not refused with EPERM:\n%s\n%s", n, r.stdout, r.stderr)
+		}
+	}
+	if !strings.Contains(r.stdout, "tcp ok") {
+		t.Errorf("ordinary sockets broken: %s %s", r.stdout, r.stderr)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	e := newEnv(t)
+	t.Run("pids", func(t *testing.T) {
+		r := e.run([]string{"--pids", "40", "--verbose"}, `n=0; for i in $(seq 200); do sleep 3 & n=$((n+1)); done 2>/dev/null; echo started $n`)
+		if strings.Contains(r.stdout, "started 200") && !strings.Contains(r.stderr, "fork") {
+			t.Errorf("fork bomb was not stopped at 40:\n%s\n%s", r.stdout, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "pids.max=40") {
+			t.Errorf("--verbose does not say which pids limit applied: %s", r.stderr)
+		}
+	})
+	t.Run("memory", func(t *testing.T) {
+		if _, err := exec.LookPath("python3"); err != nil {
+			t.Skip("python3 is needed for the memory hog")
+		}
+		r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--memory", "64m", "--",
+			"python3", "-c", "x=[]\nfor i in range(100): x.append(bytearray(10<<20))\nprint('survived')")
+		if r.code != 128+int(syscall.SIGKILL) || strings.Contains(r.stdout, "survived") {
+			t.Errorf("memory hog not killed at 64m: exit %d %s %s", r.code, r.stdout, r.stderr)
+		}
+	})
+}
+
+func TestCleanEnvironment(t *testing.T) {
+	e := newEnv(t)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "hostsecret")
+	t.Setenv("PASSME", "passed")
+	r := e.run([]string{"--env", "FOO=bar", "--env-pass", "PASSME"}, `env`)
+	if strings.Contains(r.stdout, "hostsecret") {
+		t.Errorf("host secret leaked:\n%s", r.stdout)
+	}
+	for _, want := range []string{"FOO=bar", "PASSME=passed", "PATH=", "HOME="} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("missing %s in:\n%s", want, r.stdout)
+		}
+	}
+}
+
+func TestCABundle(t *testing.T) {
+	e := newEnv(t)
+	ca := filepath.Join(t.TempDir(), "bundle.pem")
+	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := e.run([]string{"--ca-bundle", ca}, `for v in SSL_CERT_FILE NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE CURL_CA_BUNDLE GIT_SSL_CAINFO PIP_CERT; do eval f=\$$v; grep -q BEGIN "$f" || { echo "$v unusable"; exit 1; }; done`)
+	if r.code != 0 {
+		t.Errorf("CA bundle not usable through the trust variables: %s %s", r.stdout, r.stderr)
+	}
+}
+
+func TestExitCodesAndSignals(t *testing.T) {
+	e := newEnv(t)
+	if r := e.run(nil, `exit 42`); r.code != 42 {
+		t.Errorf("exit 42 became %d", r.code)
+	}
+	if r := e.run(nil, `kill -KILL $$`); r.code != 137 {
+		t.Errorf("SIGKILL became %d", r.code)
+	}
+	if r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--", "no-such-command"); r.code != 127 {
+		t.Errorf("missing command became %d: %s", r.code, r.stderr)
+	}
+	// A signal to the launcher reaches the command, whose status comes back.
+	cmd := exec.Command(paddockBin, "run", "--network", "none", "--state-dir", e.state, "--",
+		"sh", "-c", `trap 'exit 33' TERM; echo ready; while :; do sleep 0.05; done`)
+	cmd.Dir = e.ws
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := out.Read(buf); err != nil || string(buf) != "ready\n" {
+		t.Fatalf("no ready line: %q %v", buf, err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+		if c := cmd.ProcessState.ExitCode(); c != 33 {
+			t.Errorf("SIGTERM handler's exit 33 became %d", c)
+		}
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("SIGTERM was not forwarded")
+	}
+}
+
+func TestReaper(t *testing.T) {
+	e := newEnv(t)
+	// An orphaned grandchild is reaped by init, not left a zombie.
+	r := e.run(nil, `sh -c 'sleep 0.1 &' ; sleep 0.5; ps -eo stat= | grep -c Z || true`)
+	if strings.TrimSpace(r.stdout) != "0" {
+		t.Errorf("zombies inside: %q %s", r.stdout, r.stderr)
+	}
+}
+
+func TestOverlayReview(t *testing.T) {
+	e := newEnv(t)
+	if err := os.Chown(e.ws, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	e.write("keep.txt", "one\n")
+	e.write("gone.txt", "bye\n")
+	for _, p := range []string{"keep.txt", "gone.txt"} {
+		_ = os.Chown(filepath.Join(e.ws, p), 65534, 65534)
+	}
+	change := `echo two >> keep.txt && rm gone.txt && echo new > added.txt`
+	flags := []string{"--workspace", e.ws + ":overlay"}
+	lastRun := func() string {
+		r := e.paddock("runs", "--state-dir", e.state)
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		return strings.Fields(lines[len(lines)-1])[0]
+	}
+
+	if r := e.run(flags, change); r.code != 0 {
+		t.Fatalf("overlay run: %d %s", r.code, r.stderr)
+	}
+	id := lastRun()
+	d := e.paddock("diff", "--state-dir", e.state, id)
+	for _, want := range []string{"M keep.txt", "D gone.txt", "A added.txt", "+two", "-bye", "+new"} {
+		if !strings.Contains(d.stdout, want) {
+			t.Errorf("diff lacks %q:\n%s%s", want, d.stdout, d.stderr)
+		}
+	}
+	if r := e.paddock("discard", "--state-dir", e.state, id); r.code != 0 {
+		t.Fatalf("discard: %s", r.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.ws, "keep.txt")); string(b) != "one\n" {
+		t.Errorf("discard changed the workspace: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(e.ws, "added.txt")); err == nil {
+		t.Error("discard left added.txt")
+	}
+
+	if r := e.run(flags, change); r.code != 0 {
+		t.Fatalf("overlay run: %d %s", r.code, r.stderr)
+	}
+	if r := e.paddock("apply", "--state-dir", e.state, lastRun()); r.code != 0 {
+		t.Fatalf("apply: %s", r.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.ws, "keep.txt")); string(b) != "one\ntwo\n" {
+		t.Errorf("apply: keep.txt = %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(e.ws, "gone.txt")); err == nil {
+		t.Error("apply did not delete gone.txt")
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.ws, "added.txt")); string(b) != "new\n" {
+		t.Errorf("apply: added.txt = %q", b)
+	}
+}
+
+func TestBadInputLeavesNothing(t *testing.T) {
+	e := newEnv(t)
+	for _, args := range [][]string{
+		{"--workspace", "/does/not/exist"},
+		{"--workspace", e.ws + ":bogus"},
+		{"--mount", "/etc"},
+		{"--mount", "/etc:relative"},
+		{"--memory", "lots"},
+		{"--network", "wifi"},
+		{"--seccomp", "/does/not/exist.json"},
+		{"--env", "NOEQUALS"},
+		{"--mount", "/etc:/usr/share/paddock-no-such-dir"},
+	} {
+		full := append(append([]string{"run", "--network", "none", "--state-dir", e.state}, args...), "--", "true")
+		r := e.paddock(full...)
+		if r.code == 0 || strings.TrimSpace(r.stderr) == "" {
+			t.Errorf("%v: exit %d, stderr %q: want a clear error", args, r.code, r.stderr)
+		}
+	}
+	if ents, _ := os.ReadDir(e.state); len(ents) != 0 {
+		t.Errorf("failed runs left state behind: %v", ents)
+	}
+}
+
+func TestTUIUnderTmux(t *testing.T) {
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Skip("tmux is not installed")
+	}
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 is needed for the curses program")
+	}
+	e := newEnv(t)
+	// A curses program: draws a prompt, echoes the key it gets, exits.
+	e.write("tui.py", `import curses
+def main(s):
+    s.addstr(0, 0, "PADDOCK-TUI ready")
+    s.refresh()
+    k = s.getkey()
+    s.addstr(1, 0, "got key " + k)
+    s.refresh()
+    s.getkey()
+curses.wrapper(main)
+`)
+	sock := filepath.Join(t.TempDir(), "tmux.sock")
+	tmux := func(args ...string) string {
+		out, _ := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
+		return string(out)
+	}
+	t.Cleanup(func() { tmux("kill-server") })
+	tmux("new-session", "-d", "-x", "80", "-y", "24", "-c", e.ws,
+		paddockBin+" run --network none --state-dir "+e.state+" -- python3 tui.py; sleep 30")
+	waitFor := func(s string) bool {
+		for i := 0; i < 100; i++ {
+			if strings.Contains(tmux("capture-pane", "-p"), s) {
+				return true
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return false
+	}
+	if !waitFor("PADDOCK-TUI ready") {
+		t.Fatalf("TUI did not draw:\n%s", tmux("capture-pane", "-p"))
+	}
+	tmux("send-keys", "x")
+	if !waitFor("got key x") {
+		t.Fatalf("TUI did not take the key:\n%s", tmux("capture-pane", "-p"))
+	}
+	tmux("send-keys", "q")
+}
