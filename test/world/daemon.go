@@ -54,8 +54,9 @@ type Daemon struct {
 }
 
 // DefaultDaemonFlags is the flag list StartDaemon passes: every path
-// inside the world dir, bpffs under /sys/fs/bpf/paddock-<id>, upstream DNS
-// and TLS trust pointing at the internet namespace's servers.
+// inside the world dir, bpffs under /sys/fs/bpf/paddock-<prefix>, upstream
+// DNS and TLS trust pointing at the internet namespace's servers, the proxy
+// as nobody. Later flags win, so StartDaemon's extra flags override these.
 func (w *World) DefaultDaemonFlags() []string {
 	return []string{
 		"--api-socket", w.DaemonSocket(),
@@ -67,6 +68,9 @@ func (w *World) DefaultDaemonFlags() []string {
 		"--ca-dir", filepath.Join(w.Dir, "ca"),
 		"--resolver", DNSAddr.String() + ":53",
 		"--upstream-ca", w.CAFile,
+		// A test machine has no dedicated proxy account; nobody is the
+		// unprivileged user every Linux system has.
+		"--proxy-user", "nobody",
 	}
 }
 

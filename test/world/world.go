@@ -178,9 +178,14 @@ func Build(log Logger, opts Options) (w *World, err error) {
 			return w, fmt.Errorf("world dir: %w", err)
 		}
 		w.ownDir = true
+		// The proxy runs unprivileged and must reach the policy and log
+		// dirs below; secrets here (the upstream CA key) are 0600 themselves.
+		if err = os.Chmod(w.Dir, 0o755); err != nil {
+			return w, fmt.Errorf("world dir: %w", err)
+		}
 	} else {
 		w.Dir = opts.Dir
-		if err = os.MkdirAll(w.Dir, 0o700); err != nil {
+		if err = os.MkdirAll(w.Dir, 0o755); err != nil {
 			return w, fmt.Errorf("world dir: %w", err)
 		}
 	}
