@@ -3,6 +3,8 @@ package world
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -238,6 +240,27 @@ func (d *Daemon) WaitReady(timeout time.Duration) (api.Status, error) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// Metrics fetches paddockd's /metrics page from inside the node namespace.
+func (d *Daemon) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+MetricsAddr+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := HTTPClient(d.w.NodePath(), nil).Do(req)
+	if err != nil {
+		return "", fmt.Errorf("paddockd metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return "", fmt.Errorf("paddockd metrics: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("paddockd metrics: %s", resp.Status)
+	}
+	return string(b), nil
 }
 
 // Client returns an API client for the daemon's socket.

@@ -246,6 +246,9 @@ func TestCNISandbox(t *testing.T) {
 	}
 	w := New(t, Options{})
 	d := w.StartDaemon(t)
+	if m, err := d.Metrics(context.Background()); err != nil || m == "" {
+		t.Errorf("metrics from node: %v", err)
+	}
 	if st, err := d.WaitReady(5 * time.Second); err != nil {
 		// The plugin must refuse, and the world must undo the namespace.
 		if _, aerr := w.AddSandbox(t, "early", SandboxOptions{}); aerr == nil {
@@ -275,5 +278,40 @@ func TestCNISandbox(t *testing.T) {
 	}
 	if _, err := os.Stat(sb.NetNS); err == nil {
 		t.Errorf("%s left after DEL", sb.NetNS)
+	}
+}
+
+// paddockd runs inside node, survives a crash-and-restart cycle, and stops.
+func TestDaemonLifecycle(t *testing.T) {
+	RequireRoot(t)
+	bin, err := findBinDir("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(bin, "paddockd")); err != nil {
+		t.Skipf("needs %s: run `make build` first", filepath.Join(bin, "paddockd"))
+	}
+	w := New(t, Options{})
+	d := w.StartDaemon(t)
+	if err := d.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if exited, _ := d.Exited(); !exited || d.Pid() != 0 {
+		t.Fatalf("after Kill: exited=%v pid=%d", exited, d.Pid())
+	}
+	if _, err := d.Client().Status(context.Background()); err == nil {
+		t.Error("API answers after Kill")
+	}
+	if err := d.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Client().Status(context.Background()); err != nil {
+		t.Errorf("after Restart: %v", err)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.LaunchDaemon(DaemonOptions{Extra: []string{"--no-such-flag"}, Ready: 3 * time.Second}); err == nil {
+		t.Error("paddockd with an unknown flag was reported ready")
 	}
 }
