@@ -31,14 +31,24 @@
 // In a test:
 //
 //	w := world.New(t, world.Options{})          // skips unless root; torn down by t.Cleanup
-//	d := w.StartDaemon(t)                        // $PADDOCK_BIN/paddockd inside node
+//	w.WritePolicy("default", policyYAML)         // files in w.PolicyDir()
+//	d := w.StartDaemon(t)                        // $PADDOCK_BIN/paddockd inside node, API answering
 //	sb, err := w.AddSandbox(t, "agent", world.SandboxOptions{Policy: "default"})
 //	out, err := sb.Exec(ctx, "curl", "-s", "https://allowed.test/")
+//	resp, err := sb.HTTPClient(proxyCA).Get("https://echo.test/echo")
 //	w.AssertNoLeaks(t)
 //
-// Sandboxes are attached by the real plugin through libcni, executed inside
-// the node namespace as a runtime would; binaries come from $PADDOCK_BIN
-// (the Makefile exports it), else from bin/ beside go.mod. Build is the
-// constructor without *testing.T that the `tools/world` command uses to build
-// the same world for humans (`go run ./tools/world up|status|exec|down`).
+// Sandboxes are attached by the real plugin through libcni (World.CNIConfig,
+// World.ConfList), executed inside the node namespace as a runtime would;
+// Sandbox.Exec runs commands with `ip netns exec`, so their resolv.conf names
+// 192.0.2.53. AddPlainSandbox wires a namespace to node by hand, without
+// paddock: its traffic is simply forwarded, which is how the leak detector
+// is proven to work. paddockd runs under `nsenter --net` (not `ip netns
+// exec`, which would hide /sys/fs/bpf) with the flags of DefaultDaemonFlags;
+// Daemon.Stop, Kill, Restart, WaitReady and Metrics drive it. Binaries come
+// from $PADDOCK_BIN (the Makefile exports it), else from bin/ beside go.mod.
+//
+// Build is the constructor without *testing.T; State and Attach let another
+// process find a world again. The `tools/world` command uses them to build
+// the same world for humans (`go run ./tools/world up|status|add|del|exec|down`).
 package world
