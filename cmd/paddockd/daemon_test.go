@@ -341,3 +341,18 @@ func TestDaemonMetricsAndHealthz(t *testing.T) {
 		t.Fatalf("/healthz: %d %+v", code, st)
 	}
 }
+
+func TestDaemonMetricsPortTaken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	d := launch(t, t.TempDir(), "--metrics-addr", l.Addr().String())
+	if code := d.wait(t); code != 1 || !strings.Contains(d.stderr.String(), "metrics listener") {
+		t.Fatalf("exit %d:\n%s", code, d.stderr)
+	}
+	if _, err := os.Lstat(d.socket); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("paddockd left an API socket behind although it did not start")
+	}
+}

@@ -102,23 +102,29 @@ func serve(ctx context.Context, cfg *Config) error {
 	}
 	b.reconcile(ctx)
 
+	// The metrics port is claimed first: if it is taken, paddockd stops
+	// before the API ever answered.
+	var mln net.Listener
+	if cfg.MetricsAddr != "" {
+		if mln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+	}
 	ln, err := listenAPI(cfg.APISocket)
 	if err != nil {
+		if mln != nil {
+			mln.Close()
+		}
 		return err
 	}
-	apiSrv := &http.Server{Handler: api.Handler(b), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	apiSrv := &http.Server{Handler: api.Handler(b), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	errc := make(chan error, 2)
 	go func() { errc <- fmt.Errorf("api: %w", apiSrv.Serve(ln)) }()
 	b.serving.Store(true)
-
 	var metricsSrv *http.Server
-	if cfg.MetricsAddr != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			_ = apiSrv.Close()
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		metricsSrv = &http.Server{Handler: metricsHandler(cfg.Metrics, b), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if mln != nil {
+		metricsSrv = &http.Server{Handler: metricsHandler(cfg.Metrics, b), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 		go func() { errc <- fmt.Errorf("metrics: %w", metricsSrv.Serve(mln)) }()
 	}
 	log.Info("paddockd started", "version", ver, "api_socket", cfg.APISocket, "metrics_addr", cfg.MetricsAddr,
