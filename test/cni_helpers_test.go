@@ -229,10 +229,16 @@ func nodeVeths(t *testing.T, w *world.World) []string {
 	return names
 }
 
-// leases lists the addresses host-local has handed out in this world.
+// leases lists the addresses host-local has handed out on the world's network.
 func leases(t *testing.T, w *world.World) []string {
 	t.Helper()
-	entries, err := os.ReadDir(filepath.Join(w.IPAMDir(), w.NetworkName()))
+	return leasesIn(t, filepath.Join(w.IPAMDir(), w.NetworkName()))
+}
+
+// leasesIn lists host-local's lease files in its per-network dir.
+func leasesIn(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -2,11 +2,14 @@ package test
 
 import (
 	"context"
+	"crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -449,5 +452,150 @@ func TestFoundationRestartKeepsRegistry(t *testing.T) {
 	}
 	if st, err := d.WaitReady(opTimeout); err != nil {
 		t.Errorf("paddockd not ready after restarts: %v (%+v)", err, st)
+	}
+}
+
+// cnitool (the reference runtime CLI) drives the example conflist from the
+// repository, with only its socket and IPAM paths rewritten for this world,
+// through add, check, status, del, and gc (which first DELs every cached
+// attachment, then calls GC without a valid list). It runs inside node with
+// its result cache on a private mount, so the host's /var/lib/cni is left
+// alone. The example says cniVersion 1.0.0, for which libcni answers STATUS
+// and GC itself; a copy at 1.1.0 makes them reach the plugin, which the
+// last STATUS proves by failing once paddockd is down.
+func TestFoundationCnitool(t *testing.T) {
+	w := newWorld(t)
+	d := readyDaemon(t, w)
+	t.Run("example", func(t *testing.T) { cnitoolRun(t, w, d, "") })
+	t.Run("spec-1.1.0", func(t *testing.T) { cnitoolRun(t, w, d, "1.1.0") })
+}
+
+// cnitoolRun runs the cnitool sequence with the example conflist, its
+// cniVersion replaced by version unless that is empty.
+func cnitoolRun(t *testing.T, w *world.World, d *world.Daemon, version string) {
+	netDir := t.TempDir()
+	cacheDir := t.TempDir()
+	const netName = "paddock" // the example's network name
+	writeExampleConflist(t, w, filepath.Join(netDir, "paddock.conflist"), version)
+	netnsPath := newNetns(t, w, "cnitool"+shortVer(version))
+
+	cnitool := func(verb string) error {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "nsenter", "--net="+w.NodePath(), "--",
+			"unshare", "--mount", "--propagation", "private", "--",
+			"sh", "-c", `mount --bind "$0" /var/lib/cni && exec "$@"`, cacheDir,
+			filepath.Join(w.BinDir, "cnitool"), verb, netName, netnsPath)
+		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NETCONFPATH=" + netDir, "CNI_PATH=" + w.CNIPath()}
+		out, err := cmd.CombinedOutput()
+		t.Logf("cnitool %s: %s", verb, strings.TrimSpace(string(out)))
+		if err != nil {
+			return fmt.Errorf("cnitool %s: %w: %s", verb, err, out)
+		}
+		return nil
+	}
+	t.Cleanup(func() { _ = cnitool("del") })
+
+	// cnitool names the container after the netns path.
+	sum := sha512.Sum512([]byte(netnsPath))
+	k := api.Key{Network: netName, ContainerID: fmt.Sprintf("cnitool-%x", sum[:10]), IfName: "eth0"}
+	leaseDir := filepath.Join(w.IPAMDir(), netName)
+	attached := func(when string) {
+		t.Helper()
+		if v := nodeVeths(t, w); !slices.Equal(v, []string{plugin.HostVethName(k)}) {
+			t.Errorf("%s: host veths %v, want %s", when, v, plugin.HostVethName(k))
+		}
+		if _, ok := cliStatus(t, w).registered(k); !ok {
+			t.Errorf("%s: paddock status does not list %s", when, k)
+		}
+		if l := netnsLinks(t, netnsPath); !slices.Equal(l, []string{"eth0", "lo"}) {
+			t.Errorf("%s: sandbox interfaces %v", when, l)
+		}
+		if n := len(leasesIn(t, leaseDir)); n != 1 {
+			t.Errorf("%s: %d leases in %s, want 1", when, n, leaseDir)
+		}
+	}
+	detached := func(when string) {
+		t.Helper()
+		assertGone(t, w, d, k, netnsPath)
+		if n := len(leasesIn(t, leaseDir)); n != 0 {
+			t.Errorf("%s: %d leases left in %s", when, n, leaseDir)
+		}
+	}
+
+	for _, verb := range []string{"add", "check", "status"} {
+		if err := cnitool(verb); err != nil {
+			t.Fatal(err)
+		}
+		attached("after " + verb)
+	}
+	if err := cnitool("del"); err != nil {
+		t.Fatal(err)
+	}
+	detached("after del")
+	if err := cnitool("add"); err != nil {
+		t.Fatal(err)
+	}
+	attached("after the second add")
+	if err := cnitool("gc"); err != nil {
+		t.Fatal(err)
+	}
+	detached("after gc")
+	if err := cnitool("del"); err != nil {
+		t.Errorf("del after gc: %v", err)
+	}
+	if version == "" {
+		return
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cnitool("status"); err == nil || !strings.Contains(err.Error(), w.DaemonSocket()) {
+		t.Errorf("cnitool status with paddockd down: %v, want a failure naming %s", err, w.DaemonSocket())
+	}
+	if err := d.Restart(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeExampleConflist copies tools/examples/paddock.conflist to path with
+// daemonSocket, the IPAM dataDir and its range pointed at this world, and
+// cniVersion set to version unless that is empty; every other key stays as
+// the example has it.
+func writeExampleConflist(t *testing.T, w *world.World, path, version string) {
+	t.Helper()
+	b, err := os.ReadFile("../tools/examples/paddock.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list map[string]any
+	if err := json.Unmarshal(b, &list); err != nil {
+		t.Fatalf("example conflist: %v", err)
+	}
+	plugins, _ := list["plugins"].([]any)
+	if len(plugins) != 1 {
+		t.Fatalf("example conflist has %d plugins, want 1", len(plugins))
+	}
+	p := plugins[0].(map[string]any)
+	ipam := p["ipam"].(map[string]any)
+	ranges := ipam["ranges"].([]any)
+	r := ranges[0].([]any)[0].(map[string]any)
+	if p["type"] != "paddock" || p["daemonSocket"] == nil || ipam["dataDir"] == nil || r["subnet"] == nil || r["gateway"] == nil {
+		t.Fatalf("example conflist changed shape: %s", b)
+	}
+	p["daemonSocket"] = w.DaemonSocket()
+	ipam["dataDir"] = w.IPAMDir()
+	r["subnet"] = w.Subnet.String()
+	r["gateway"] = gatewayOf(w).String()
+	if version != "" {
+		list["cniVersion"] = version
+	}
+	out, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
