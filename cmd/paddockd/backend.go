@@ -64,9 +64,6 @@ func (b *backend) Register(ctx context.Context, sb api.Sandbox) (api.Sandbox, er
 	if err := validateSandbox(sb); err != nil {
 		return api.Sandbox{}, err
 	}
-	if sb.Created.IsZero() {
-		sb.Created = time.Now().UTC()
-	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
 	defer cancel()
 	b.mu.Lock()
@@ -74,11 +71,19 @@ func (b *backend) Register(ctx context.Context, sb api.Sandbox) (api.Sandbox, er
 
 	// A re-registration whose interface or addresses changed is a new
 	// attachment: the old one goes first so nothing keeps enforcing on a
-	// veth the sandbox no longer owns.
-	if old, ok := b.reg.Get(sb.Key()); ok && !sameAttachment(old, sb) {
-		if err := b.remove(ctx, old, "replaced"); err != nil {
-			return api.Sandbox{}, err
+	// veth the sandbox no longer owns. A repeated one (an ADD retried)
+	// keeps its creation time.
+	if old, ok := b.reg.Get(sb.Key()); ok {
+		if !sameAttachment(old, sb) {
+			if err := b.remove(ctx, old, "replaced"); err != nil {
+				return api.Sandbox{}, err
+			}
+		} else if sb.Created.IsZero() {
+			sb.Created = old.Created
 		}
+	}
+	if sb.Created.IsZero() {
+		sb.Created = time.Now().UTC()
 	}
 	// Another sandbox still holding this address or interface index is a
 	// registration whose DEL never reached paddockd; IPAM or the kernel has

@@ -134,6 +134,10 @@ func TestBackendRegisterUnregister(t *testing.T) {
 	if !f.isAttached(sb.Key()) {
 		t.Fatal("Register did not attach")
 	}
+	again, err := b.Register(ctx, sb)
+	if err != nil || !again.Created.Equal(got.Created) || b.reg.Len() != 1 {
+		t.Fatalf("repeated Register = %v, created %v (first %v), %d sandboxes", err, again.Created, got.Created, b.reg.Len())
+	}
 	st, err := b.Get(ctx, sb.Key())
 	if err != nil || st.Enforced != "ok" {
 		t.Fatalf("Get = %+v, %v", st, err)
