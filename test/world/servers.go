@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -171,7 +170,7 @@ func (s *Servers) Queries() []string {
 	return append([]string(nil), s.queries...)
 }
 
-var zone = "test."
+const zone = "test."
 
 func (s *Servers) serveDNS(rw dns.ResponseWriter, req *dns.Msg) {
 	m := new(dns.Msg)
@@ -362,16 +361,4 @@ func writeBytes(w io.Writer, n int) {
 		}
 		n -= k
 	}
-}
-
-// Names returns the names the DNS server currently answers, sorted.
-func (s *Servers) Names() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.records))
-	for n := range s.records {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
 }
