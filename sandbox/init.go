@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,13 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Hidden subcommands of the paddock binary: the launcher re-executes itself
-// as InitCommand (PID 1 of the sandbox), which re-executes itself as
-// ExecCommand to confine itself and become the user's command.
-const (
-	InitCommand = "__sandbox-init"
-	ExecCommand = "__sandbox-exec"
-)
+// InitCommand is the hidden subcommand of the paddock binary the launcher
+// re-executes itself as, to become PID 1 of the sandbox.
+const InitCommand = "__sandbox-init"
 
 // Exit statuses for failures of the launcher itself, as docker uses them.
 const (
@@ -48,8 +43,8 @@ func verboseLogger(on bool) func(string, ...any) {
 	}
 }
 
-// InitMain is PID 1 of the sandbox: it builds the root, starts the exec
-// stage, forwards signals to it, reaps every orphan and exits with the
+// InitMain is PID 1 of the sandbox: it builds the root, starts the
+// confined command, forwards signals to it, reaps every orphan and exits with the
 // command's status (128+N when a signal N ended it). It never returns.
 func InitMain() {
 	var s initSpec
@@ -77,38 +72,35 @@ func InitMain() {
 		go serveBridge(ln, func() (net.Conn, error) { return net.Dial("unix", s.ProxySock) })
 		logf("network: none (loopback only), HTTP proxy at 127.0.0.1:%d bridged to the node's proxy", s.ProxyPort)
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		fatal(exitSetup, "sandbox init: %v", err)
-	}
-	child, err := os.StartProcess("/proc/self/exe", []string{"paddock", ExecCommand}, &os.ProcAttr{
-		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr, r},
-		Env:   []string{},
-		// Its own session: the command gets no controlling terminal, so it
-		// cannot push keystrokes into the user's shell (TIOCSTI); the user's
-		// terminal still reaches it through the inherited descriptors.
-		Sys: &syscall.SysProcAttr{Setsid: true},
-	})
-	r.Close()
-	if err != nil {
-		fatal(exitSetup, "sandbox init: start: %v", err)
-	}
 	s.Exec.Verbose = s.Verbose
-	err = json.NewEncoder(w).Encode(&s.Exec)
-	w.Close()
-	if err != nil {
-		fatal(exitSetup, "sandbox init: hand over: %v", err)
-	}
+	started := make(chan int, 1)
+	go func() {
+		// This goroutine's thread confines itself and forks the command,
+		// which inherits the thread's credentials, capability sets,
+		// no_new_privs, Landlock domain and seccomp filter. It is never
+		// unlocked, so the runtime retires the thread afterwards.
+		runtime.LockOSThread()
+		pid, err := confineAndStart(&s.Exec)
+		if err != nil {
+			code := exitSetup
+			if ce, ok := err.(codeError); ok {
+				code = ce.code
+			}
+			fatal(code, "%v", err)
+		}
+		started <- pid
+	}()
+	child := <-started
 	for sig := range sigs {
 		switch sig {
 		case unix.SIGCHLD:
-			if code, done := reap(child.Pid); done {
+			if code, done := reap(child); done {
 				os.Exit(code)
 			}
 		case unix.SIGURG:
 			// The Go runtime's own preemption signal.
 		default:
-			_ = unix.Kill(child.Pid, sig.(syscall.Signal))
+			_ = unix.Kill(child, sig.(syscall.Signal))
 		}
 	}
 }
@@ -193,17 +185,19 @@ const landlockWrites = ll.AccessFSWriteFile | ll.AccessFSRemoveDir | ll.AccessFS
 	ll.AccessFSMakeChar | ll.AccessFSMakeDir | ll.AccessFSMakeReg | ll.AccessFSMakeSock |
 	ll.AccessFSMakeFifo | ll.AccessFSMakeBlock | ll.AccessFSMakeSym | ll.AccessFSRefer | ll.AccessFSTruncate
 
-// ExecMain confines the calling thread and replaces the process with the
-// user's command: resource limits, Landlock ruleset, groups and ids,
-// capabilities (bounding, ambient, then all sets), no_new_privs, Landlock,
-// seccomp last. Every step is per-thread, so the thread stays locked up
-// to execve. It never returns.
-func ExecMain() {
-	runtime.LockOSThread()
-	var s execSpec
-	if err := readSpec(&s); err != nil {
-		fatal(exitSetup, "sandbox exec: %v", err)
-	}
+// codeError carries the exit status a failure to start should produce.
+type codeError struct {
+	code int
+	err  error
+}
+
+func (e codeError) Error() string { return e.err.Error() }
+
+// confineAndStart confines the calling, locked thread and starts the
+// user's command from it: resource limits, Landlock ruleset, capabilities
+// (bounding, ambient), groups and ids, all capability sets, no_new_privs,
+// Landlock, seccomp last. Every step but the rlimits is per-thread.
+func confineAndStart(s *execSpec) (int, error) {
 	logf := verboseLogger(s.Verbose)
 	for _, kv := range s.Env {
 		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
@@ -216,34 +210,32 @@ func ExecMain() {
 		if errors.Is(err, os.ErrPermission) {
 			code = exitCannotExec
 		}
-		fatal(code, "%s: %v", s.Argv[0], err)
-	}
-	if err := unix.Chdir(s.Dir); err != nil {
-		fatal(exitSetup, "working directory %s: %v", s.Dir, err)
+		return 0, codeError{code, fmt.Errorf("%s: %w", s.Argv[0], err)}
 	}
 	if s.Nproc > 0 {
 		if err := unix.Setrlimit(unix.RLIMIT_NPROC, &unix.Rlimit{Cur: s.Nproc, Max: s.Nproc}); err != nil {
-			fatal(exitSetup, "rlimit nproc: %v", err)
+			return 0, fmt.Errorf("rlimit nproc: %w", err)
 		}
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
-		fatal(exitSetup, "rlimit core: %v", err)
+		return 0, fmt.Errorf("rlimit core: %w", err)
 	}
 	llfd, llflags, abi, err := landlockRuleset(s.Writable)
 	if err != nil {
-		fatal(exitSetup, "landlock: %v", err)
+		return 0, fmt.Errorf("landlock: %w", err)
 	}
 	if err := dropPrivileges(s.UID, s.GID); err != nil {
-		fatal(exitSetup, "%v", err)
+		return 0, err
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		fatal(exitSetup, "no_new_privs: %v", err)
+		return 0, fmt.Errorf("no_new_privs: %w", err)
 	}
 	if llfd >= 0 {
-		if err := ll.LandlockRestrictSelf(llfd, llflags); err != nil {
-			fatal(exitSetup, "landlock: %v", err)
-		}
+		err := ll.LandlockRestrictSelf(llfd, llflags)
 		unix.Close(llfd)
+		if err != nil {
+			return 0, fmt.Errorf("landlock: %w", err)
+		}
 		logf("landlock: ABI %d, writes confined to %s", abi, strings.Join(s.Writable, " "))
 	} else {
 		logf("landlock: not available on this kernel; skipped (the read-only mounts still apply)")
@@ -251,11 +243,22 @@ func ExecMain() {
 	if s.Seccomp != nil {
 		logf("seccomp: %s profile, %d rules, %d BPF instructions", s.Seccomp.Source, s.Seccomp.Rules, len(s.Seccomp.Prog))
 		if err := s.Seccomp.install(); err != nil {
-			fatal(exitSetup, "%v", err)
+			return 0, err
 		}
 	}
-	err = unix.Exec(path, s.Argv, s.Env)
-	fatal(exitCannotExec, "%s: %v", s.Argv[0], err)
+	p, err := os.StartProcess(path, s.Argv, &os.ProcAttr{
+		Dir:   s.Dir,
+		Env:   s.Env,
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		// Its own session: the command gets no controlling terminal, so it
+		// cannot push keystrokes into the user's shell (TIOCSTI); the user's
+		// terminal still reaches it through the inherited descriptors.
+		Sys: &syscall.SysProcAttr{Setsid: true},
+	})
+	if err != nil {
+		return 0, codeError{exitCannotExec, fmt.Errorf("%s: %w", s.Argv[0], err)}
+	}
+	return p.Pid, nil
 }
 
 func landlockRuleset(writable []string) (fd int, flags uint32, abi int, err error) {
@@ -289,14 +292,16 @@ func dropPrivileges(uid, gid int) error {
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return fmt.Errorf("clear ambient capabilities: %w", err)
 	}
-	if err := unix.Setgroups(nil); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
+	// Raw syscalls: the libc and Go wrappers change every thread of the
+	// process, and init's other threads must stay root.
+	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
+		return fmt.Errorf("setgroups: %w", e)
 	}
-	if err := unix.Setresgid(gid, gid, gid); err != nil {
-		return fmt.Errorf("set gid %d: %w", gid, err)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(gid), uintptr(gid), uintptr(gid)); e != 0 {
+		return fmt.Errorf("set gid %d: %w", gid, e)
 	}
-	if err := unix.Setresuid(uid, uid, uid); err != nil {
-		return fmt.Errorf("set uid %d: %w", uid, err)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)); e != 0 {
+		return fmt.Errorf("set uid %d: %w", uid, e)
 	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData

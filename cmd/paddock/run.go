@@ -10,15 +10,10 @@ import (
 )
 
 func init() {
-	// The sandbox's own stages re-execute this binary; they take over
-	// before main so that nothing else runs in them.
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case sandbox.InitCommand:
-			sandbox.InitMain()
-		case sandbox.ExecCommand:
-			sandbox.ExecMain()
-		}
+	// The sandbox's init re-executes this binary; it takes over before
+	// main so that nothing else runs in it.
+	if len(os.Args) > 1 && os.Args[1] == sandbox.InitCommand {
+		sandbox.InitMain()
 	}
 	register("run", "run a command in a sandbox: paddock run [flags] -- COMMAND [ARGS...]", cmdRun)
 }
