@@ -58,7 +58,7 @@ func checkGolden(t *testing.T, name, got string) {
 // sendUDP sends one datagram from the sandbox; it must never arrive.
 func sendUDP(dst string) func() error {
 	return func() error {
-		c, err := net.Dial("udp4", dst)
+		c, err := net.Dial("udp", dst)
 		if err != nil {
 			return err
 		}
