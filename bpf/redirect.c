@@ -221,7 +221,7 @@ static __always_inline int handle_tcp(struct __sk_buff *skb, struct iphdr *ip, v
 	return redirected(skb);
 }
 
-SEC("tc")
+SEC("tcx/ingress")
 int paddock_ingress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
