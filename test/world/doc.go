@@ -4,7 +4,8 @@
 //
 // A world is two namespaces joined by a veth pair plus one namespace per
 // sandbox. `<prefix>-node` plays the host (paddockd, BPF, nftables and the
-// proxy run there; it forwards IPv4 so that a missing enforcer really leaks)
+// proxy run there; it forwards IPv4 and IPv6 so that a missing enforcer
+// really leaks)
 // and its default route points into `<prefix>-inet`, which holds the upstream
 // servers on TEST-NET addresses and has no default route, so nothing leaves
 // the machine:

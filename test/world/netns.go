@@ -19,9 +19,13 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 const netnsDir = "/run/netns"
+
+// uplinkGW6 is node's IPv6 next hop towards internet (a static neighbour).
+const uplinkGW6 = "fe80::1"
 
 func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
 
@@ -123,6 +127,9 @@ func addAddr(name string, p netip.Prefix) error {
 		return fmt.Errorf("link %s: %w", name, err)
 	}
 	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD // usable at once; nobody else holds it
+	}
 	if err := netlink.AddrAdd(l, a); err != nil {
 		return fmt.Errorf("address %s on %s: %w", p, name, err)
 	}
@@ -132,7 +139,7 @@ func addAddr(name string, p netip.Prefix) error {
 func addRoute(dst netip.Prefix, gw netip.Addr) error {
 	r := &netlink.Route{Gw: gw.AsSlice()}
 	if dst.Bits() > 0 {
-		r.Dst = &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)}
+		r.Dst = &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}
 	}
 	if err := netlink.RouteAdd(r); err != nil {
 		return fmt.Errorf("route %s via %s: %w", dst, gw, err)
@@ -198,6 +205,38 @@ func (w *World) buildNetwork() error {
 			return err
 		}
 		return addRoute(netip.Prefix{}, InternetAddr)
+	})
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	var inetMAC net.HardwareAddr
+	err = w.InInternet(func() error {
+		l, err := netlink.LinkByName(w.InetVeth)
+		if err != nil {
+			return err
+		}
+		inetMAC = l.Attrs().HardwareAddr
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("internet: %w", err)
+	}
+	// internet speaks no IPv6, yet node routes IPv6 to it through a static
+	// neighbour: an IPv6 packet the enforcer lets through reaches internet's
+	// wire, where the capture sees it.
+	err = w.InNode(func() error {
+		l, err := netlink.LinkByName(w.NodeVeth)
+		if err != nil {
+			return err
+		}
+		gw := net.ParseIP(uplinkGW6)
+		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: inetMAC}); err != nil {
+			return fmt.Errorf("ipv6 neighbour %s: %w", uplinkGW6, err)
+		}
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw, Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}}); err != nil {
+			return fmt.Errorf("ipv6 default route: %w", err)
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("node: %w", err)

@@ -283,6 +283,8 @@ type PlainSandbox struct {
 	NetNS    string
 	IP       netip.Addr
 	Gateway  netip.Addr
+	IP6      netip.Addr // fd00:0:<n>::2; node forwards IPv6 to internet too
+	Gateway6 netip.Addr
 	HostVeth string
 
 	w       *World
@@ -290,9 +292,9 @@ type PlainSandbox struct {
 	deleted bool
 }
 
-// AddPlainSandbox creates <prefix>-<name> with a veth to node, address
-// 10.X.(200+n).2/24 (inside the sandbox range, outside the CNI subnet) and a
-// default route via node.
+// AddPlainSandbox creates <prefix>-<name> with a veth to node, addresses
+// 10.X.(200+n).2/24 (inside the sandbox range, outside the CNI subnet) and
+// fd00:0:<n>::2/64, and default routes via node.
 func (w *World) AddPlainSandbox(name string) (p *PlainSandbox, err error) {
 	if !nameRE.MatchString(name) || name == "node" || name == "inet" {
 		return nil, fmt.Errorf("sandbox name %q: want 1-20 characters of [a-z0-9-], not node or inet", name)
@@ -312,6 +314,8 @@ func (w *World) AddPlainSandbox(name string) (p *PlainSandbox, err error) {
 	p.Gateway = netip.AddrFrom4(b)
 	b[3] = 2
 	p.IP = netip.AddrFrom4(b)
+	p.Gateway6 = netip.MustParseAddr(fmt.Sprintf("fd00:0:%x::1", n))
+	p.IP6 = netip.MustParseAddr(fmt.Sprintf("fd00:0:%x::2", n))
 	w.plain[name] = p
 	w.mu.Unlock()
 	defer func() {
@@ -335,6 +339,9 @@ func (w *World) AddPlainSandbox(name string) (p *PlainSandbox, err error) {
 		if err := addAddr(p.HostVeth, netip.PrefixFrom(p.Gateway, 24)); err != nil {
 			return err
 		}
+		if err := addAddr(p.HostVeth, netip.PrefixFrom(p.Gateway6, 64)); err != nil {
+			return err
+		}
 		return setLinkUp(p.HostVeth)
 	})
 	if err != nil {
@@ -347,7 +354,13 @@ func (w *World) AddPlainSandbox(name string) (p *PlainSandbox, err error) {
 		if err := setLinkUp("eth0"); err != nil {
 			return err
 		}
-		return addRoute(netip.Prefix{}, p.Gateway)
+		if err := addAddr("eth0", netip.PrefixFrom(p.IP6, 64)); err != nil {
+			return err
+		}
+		if err := addRoute(netip.Prefix{}, p.Gateway); err != nil {
+			return err
+		}
+		return addRoute(netip.PrefixFrom(netip.IPv6Unspecified(), 0), p.Gateway6)
 	})
 	return p, err
 }

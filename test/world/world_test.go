@@ -159,6 +159,17 @@ func TestLeakDetectorSeesForwardedTraffic(t *testing.T) {
 	if got := strings.Join(w.Leaks(), "\n"); !strings.Contains(got, "udp "+p.IP.String()) {
 		t.Errorf("leak detector missed UDP:\n%s", got)
 	}
+	// IPv6 is forwarded too, and any IPv6 packet at internet is a leak.
+	c, err = DialerIn(p.NetNS)(ctx, "udp6", "[2001:db8::20]:7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = c.Write([]byte("exfil6"))
+	c.Close()
+	w.capture.Sync()
+	if got := strings.Join(w.Leaks(), "\n"); !strings.Contains(got, "ipv6 udp ["+p.IP6.String()+"]") {
+		t.Errorf("leak detector missed IPv6:\n%s", got)
+	}
 	w.ResetLeaks()
 	w.AssertNoLeaks(t)
 }
