@@ -50,7 +50,7 @@ func testBPF(t *testing.T) *bpfRedirect {
 // 192 bytes the kernel's test-run expects at most.
 type skBuff struct {
 	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority, IngressIfindex, Ifindex uint32
-	_                                                                                                       [192 - 44]byte
+	_                                                                                                              [192 - 44]byte
 }
 
 var (

@@ -102,6 +102,8 @@ type denyServer struct {
 }
 
 func (s denyServer) serve(ctx context.Context, l Listeners) {
+	restore := stopOnDone(ctx, l)
+	defer restore()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.acceptLoop(ctx, l.TCP, s.denyConn) })
 	wg.Go(func() { s.acceptLoop(ctx, l.DNSTCP, s.refuseDNSTCP) })
@@ -120,7 +122,7 @@ func (s denyServer) acceptLoop(ctx context.Context, ln *net.TCPListener, handle 
 	for ctx.Err() == nil {
 		c, err := ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
 			}
 			s.log.Warn("accept failed", "listener", ln.Addr().String(), "err", err)
@@ -185,7 +187,7 @@ func (s denyServer) udpLoop(ctx context.Context, conn *net.UDPConn) {
 	buf := make([]byte, dns.MaxMsgSize)
 	for ctx.Err() == nil {
 		n, src, dst, err := origdst.ReadFrom(conn, buf)
-		if errors.Is(err, net.ErrClosed) {
+		if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 			return
 		}
 		if err != nil {
