@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -261,51 +260,6 @@ func (w *World) buildNetwork() error {
 		return fmt.Errorf("internet: %w", err)
 	}
 	return nil
-}
-
-// claimSubnet picks X for 10.X.0.0/24 so that concurrent worlds on this
-// machine never share a subnet; the claim is a file holding the world prefix,
-// stale once its world's node namespace is gone.
-func claimSubnet(prefix string) (netip.Prefix, string, error) {
-	dir := "/run/paddock-world/subnets"
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return netip.Prefix{}, "", fmt.Errorf("subnet claims: %w", err)
-	}
-	start := int(randomByte())
-	for i := 0; i < 254; i++ {
-		x := 1 + (start+i)%254
-		claim := filepath.Join(dir, strconv.Itoa(x))
-		f, err := os.OpenFile(claim, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-		if errors.Is(err, os.ErrExist) {
-			if staleClaim(claim) {
-				_ = os.Remove(claim)
-				f, err = os.OpenFile(claim, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-			}
-		}
-		if err != nil {
-			continue
-		}
-		_, werr := f.WriteString(prefix)
-		if cerr := f.Close(); werr != nil || cerr != nil {
-			_ = os.Remove(claim)
-			return netip.Prefix{}, "", fmt.Errorf("claim subnet: %w", errors.Join(werr, cerr))
-		}
-		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(x), 0, 0}), 24), claim, nil
-	}
-	return netip.Prefix{}, "", fmt.Errorf("no free 10.X.0.0/24 subnet: remove stale claims in %s", dir)
-}
-
-func staleClaim(claim string) bool {
-	st, err := os.Stat(claim)
-	if err != nil || time.Since(st.ModTime()) < time.Minute {
-		return false
-	}
-	owner, err := os.ReadFile(claim)
-	if err != nil {
-		return false
-	}
-	_, err = os.Stat(netnsPath(strings.TrimSpace(string(owner)) + "-node"))
-	return errors.Is(err, os.ErrNotExist)
 }
 
 func randomByte() byte {

@@ -61,6 +61,9 @@ type Options struct {
 	// NoCapture leaves out the leak detector (tools/world runs it in the
 	// serving child).
 	NoCapture bool
+	// Persistent worlds outlive the process that built them (tools/world):
+	// SweepStale leaves them alone.
+	Persistent bool
 }
 
 // World is one built topology. Methods are safe for concurrent use.
@@ -151,6 +154,10 @@ func Build(log Logger, opts Options) (w *World, err error) {
 		return nil, err
 	}
 	prefix := "pw" + opts.ID
+	SweepStale(log)
+	if _, err := os.Stat(netnsPath(prefix + "-node")); err == nil {
+		return nil, fmt.Errorf("world %s exists (%s): pick another id, or tear it down first", prefix, netnsPath(prefix+"-node"))
+	}
 	w = &World{
 		ID:           opts.ID,
 		Prefix:       prefix,
@@ -189,7 +196,14 @@ func Build(log Logger, opts Options) (w *World, err error) {
 			return w, fmt.Errorf("world dir: %w", err)
 		}
 	}
-	if w.Subnet, w.subClaim, err = claimSubnet(prefix); err != nil {
+	owner := claim{Prefix: prefix, PID: os.Getpid()}
+	if opts.Persistent {
+		owner.PID = 0
+	}
+	if w.ownDir {
+		owner.Dir = w.Dir
+	}
+	if w.Subnet, w.subClaim, err = claimSubnet(owner); err != nil {
 		return w, err
 	}
 	if err = w.buildNetwork(); err != nil {
@@ -283,20 +297,19 @@ func (w *World) Close() error {
 		errs = append(errs, fmt.Errorf("remove %s: %w", w.BPFFSDir(), err))
 	}
 	w.StopServices()
-	for _, h := range []ns.NetNS{w.node, w.inet} {
-		if h != nil {
-			h.Close()
+	// Only namespaces this world made or attached to: a failed Build must
+	// never delete a namesake's.
+	for name, h := range map[string]ns.NetNS{w.NodeNS: w.node, w.InternetNS: w.inet} {
+		if h == nil {
+			continue
 		}
-	}
-	for _, name := range []string{w.NodeNS, w.InternetNS} {
+		h.Close()
 		if err := deleteNetns(name); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if w.subClaim != "" {
-		if err := os.Remove(w.subClaim); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
+	if err := releaseClaim(w.subClaim, w.Prefix); err != nil {
+		errs = append(errs, err)
 	}
 	if w.ownDir && w.Dir != "" {
 		if err := os.RemoveAll(w.Dir); err != nil {

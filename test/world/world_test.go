@@ -326,3 +326,43 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Error("paddockd with an unknown flag was reported ready")
 	}
 }
+
+// A world whose test process died without cleanups is swept by the next one.
+func TestSweepStale(t *testing.T) {
+	RequireRoot(t)
+	w, err := Build(t, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.AddPlainSandbox("orphan"); err != nil {
+		t.Fatal(err)
+	}
+	sleeper := exec.Command("nsenter", "--net="+w.NodePath(), "--", "sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- sleeper.Wait() }()
+	// Pretend the world belongs to a process that is gone.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(claim{Prefix: w.Prefix, PID: dead.Process.Pid, Dir: w.Dir})
+	if err := os.WriteFile(w.subClaim, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	SweepStale(t)
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Error("a process left in the stale node namespace was not killed")
+		_ = sleeper.Process.Kill()
+	}
+	for _, p := range []string{w.NodePath(), w.InternetPath(), netnsPath(w.Prefix + "-orphan"), filepath.Join(etcNetns, w.Prefix+"-orphan"), w.Dir, w.subClaim} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s survived the sweep", p)
+		}
+	}
+}

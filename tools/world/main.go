@@ -112,7 +112,7 @@ func up(args []string) (err error) {
 		return fmt.Errorf("world %q is already up (%s): run `world down -name %s` first", *name, statePath(*name), *name)
 	}
 	dir := filepath.Join(stateRoot, *name)
-	w, err := world.Build(stderrLog{}, world.Options{ID: *name, Dir: dir, NoServers: true, NoCapture: true})
+	w, err := world.Build(stderrLog{}, world.Options{ID: *name, Dir: dir, NoServers: true, NoCapture: true, Persistent: true})
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return err
