@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -361,10 +362,13 @@ func TestFoundationAddWhileDaemonDown(t *testing.T) {
 }
 
 // Every bad configuration is refused by the real binary with CNI error 7,
-// a message naming the bad value, and nothing left behind.
+// a message naming the bad value, and nothing left behind. The plugin reads
+// its configuration before it asks paddockd anything, so these hold whether
+// or not paddockd is ready; an existing interface is found only once
+// paddockd has said it is ready.
 func TestFoundationBadConfig(t *testing.T) {
 	w := newWorld(t)
-	d := readyDaemon(t, w)
+	d := w.StartDaemon(t)
 	cases := []struct {
 		name     string
 		override map[string]any
@@ -385,6 +389,9 @@ func TestFoundationBadConfig(t *testing.T) {
 			netnsPath := newNetns(t, w, fmt.Sprintf("bad%d", i))
 			nsName := strings.TrimPrefix(netnsPath, "/run/netns/")
 			if c.ifExists {
+				if st, err := d.WaitReady(15 * time.Second); err != nil {
+					t.Fatalf("paddockd is not ready, so ADD stops before it looks at the interface: %v (components %v)", err, st.Components)
+				}
 				if out, err := exec.Command("ip", "-n", nsName, "link", "add", "eth0", "type", "veth", "peer", "name", "taken0").CombinedOutput(); err != nil {
 					t.Fatalf("make eth0 in the sandbox: %v: %s", err, out)
 				}
