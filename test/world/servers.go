@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -45,6 +46,7 @@ type Servers struct {
 	log     Logger
 	closers []io.Closer
 	wg      sync.WaitGroup
+	closed  atomic.Bool // silences stragglers: t.Logf after a test ends panics
 
 	mu      sync.Mutex
 	records map[string][]netip.Addr
@@ -92,7 +94,7 @@ func StartServers(inetNS ns.NetNS, ca *CA, logger Logger) (*Servers, error) {
 	}
 
 	tlsConf := &tls.Config{GetCertificate: ca.GetCertificate, MinVersion: tls.VersionTLS12}
-	errLog := log.New(logWriter{logger, "upstream http: "}, "", 0)
+	errLog := log.New(logWriter{s, "upstream http: "}, "", 0)
 	for i, l := range tcp[:3] {
 		srv := &http.Server{Handler: Handler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second}
 		if i < 2 {
@@ -119,6 +121,7 @@ func (s *Servers) serve(fn func()) {
 
 // Close stops every server and waits for their goroutines.
 func (s *Servers) Close() {
+	s.closed.Store(true)
 	for i := len(s.closers) - 1; i >= 0; i-- {
 		_ = s.closers[i].Close()
 	}
@@ -130,12 +133,14 @@ type closerFunc func() error
 func (f closerFunc) Close() error { return f() }
 
 type logWriter struct {
-	l      Logger
+	s      *Servers
 	prefix string
 }
 
 func (w logWriter) Write(p []byte) (int, error) {
-	w.l.Logf("%s%s", w.prefix, strings.TrimRight(string(p), "\n"))
+	if !w.s.closed.Load() {
+		w.s.log.Logf("%s%s", w.prefix, strings.TrimRight(string(p), "\n"))
+	}
 	return len(p), nil
 }
 
