@@ -53,9 +53,11 @@ func localRoute() (*netlink.Route, error) {
 	}, nil
 }
 
+// sameRule compares what RuleList reports; it does not report the rule's
+// action, but a blackhole rule is the only kind with table 0.
 func sameRule(a netlink.Rule, b *netlink.Rule) bool {
 	return a.Priority == b.Priority && a.Mark == b.Mark && a.Mask != nil && b.Mask != nil &&
-		*a.Mask == *b.Mask && a.Table == b.Table && a.Type == b.Type
+		*a.Mask == *b.Mask && a.Table == b.Table
 }
 
 func ruleMissing(want *netlink.Rule) (bool, error) {
@@ -64,10 +66,6 @@ func ruleMissing(want *netlink.Rule) (bool, error) {
 		return false, fmt.Errorf("list ip rules: %w", err)
 	}
 	for _, r := range rules {
-		if want.Type == unix.RTN_BLACKHOLE {
-			// The kernel reports blackhole rules with table 0 (unspec).
-			r.Table = want.Table
-		}
 		if sameRule(r, want) {
 			return false, nil
 		}
