@@ -66,7 +66,12 @@ func TestFoundationLibcni(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 4*opTimeout)
 			defer cancel()
 			inNode := func(f func() error) error { return w.InNode(f) }
-			t.Cleanup(func() { _ = inNode(func() error { return cni.DelNetworkList(ctx, list, rt) }) })
+			// The cleanup outlives ctx: it gets its own deadline.
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+				defer cancel()
+				_ = inNode(func() error { return cni.DelNetworkList(ctx, list, rt) })
+			})
 
 			var res types.Result
 			if err := inNode(func() (err error) { res, err = cni.AddNetworkList(ctx, list, rt); return }); err != nil {
@@ -212,6 +217,8 @@ func TestFoundationGC(t *testing.T) {
 	execNS := newNetns(t, w, "stalex")
 	staleExec := execCall{Command: "ADD", ContainerID: "gc-stale-exec", Netns: execNS, IfName: "net1"}
 	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*opTimeout)
+		defer cancel()
 		_ = w.InNode(func() error { return cni.DelNetworkList(ctx, list, keep) })
 		_ = w.InNode(func() error { return otherCache.DelNetworkList(ctx, list, stale) })
 		c := staleExec
@@ -295,7 +302,9 @@ func TestFoundationDelWhileDaemonDown(t *testing.T) {
 	if err := d.Restart(); err != nil {
 		t.Fatalf("restart paddockd: %v", err)
 	}
-	sb, ok := cliStatus(t, w).registered(k)
+	r := cliStatus(t, w)
+	t.Logf("after restart: ready=%v message=%q", r.Status.Ready, r.Status.Message)
+	sb, ok := r.registered(k)
 	if !ok {
 		t.Fatalf("after restart paddockd no longer lists %s: it pruned the registration whose host veth is gone; update this test and the report", k)
 	}
