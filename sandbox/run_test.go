@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -470,4 +472,72 @@ curses.wrapper(main)
 		t.Fatalf("TUI did not take the key:\n%s", tmux("capture-pane", "-p"))
 	}
 	tmux("send-keys", "q")
+}
+
+func TestCrashLeftoversCollected(t *testing.T) {
+	e := newEnv(t)
+	cmd := exec.Command(paddockBin, "run", "--network", "none", "--state-dir", e.state, "--pids", "50", "--", "sh", "-c", "echo ready; sleep 60")
+	cmd.Dir = e.ws
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := out.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(e.state)
+	if len(ents) != 1 {
+		t.Fatalf("want one run record while running, got %v", ents)
+	}
+	id := ents[0].Name()
+	// The launcher dies without cleaning up; the kernel kills the sandbox.
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	cg := filepath.Join("/sys/fs/cgroup/pids/paddock", id)
+	if _, err := os.Stat("/sys/fs/cgroup/pids/paddock"); err != nil {
+		cg = filepath.Join("/sys/fs/cgroup/paddock", id)
+	}
+	if _, err := os.Stat(cg); err != nil {
+		t.Fatalf("expected the crashed run's cgroup %s to be left over: %v", cg, err)
+	}
+	if r := e.run(nil, "true"); r.code != 0 {
+		t.Fatalf("next run: %d %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(e.state, id)); err == nil {
+		t.Error("the crashed run's record was not collected")
+	}
+	if _, err := os.Stat(cg); err == nil {
+		t.Error("the crashed run's cgroup was not collected")
+	}
+}
+
+// TestNetworkNoneProxyBridge checks --network none: only loopback inside,
+// and HTTP_PROXY on loopback reaches the node's explicit proxy over the
+// bind-mounted Unix socket.
+func TestNetworkNoneProxyBridge(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl is not installed")
+	}
+	e := newEnv(t)
+	sock := filepath.Join(t.TempDir(), "explicit.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "proxied %s %s\n", r.Method, r.URL)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	r := e.run([]string{"--proxy-socket", sock}, `ls /sys/class/net; curl -sS --max-time 10 http://site.test/path`)
+	if r.code != 0 || !strings.Contains(r.stdout, "proxied GET http://site.test/path") {
+		t.Errorf("proxy bridge: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if strings.TrimSpace(strings.Split(r.stdout, "\n")[0]) != "lo" {
+		t.Errorf("interfaces other than lo inside --network none: %q", r.stdout)
+	}
 }
