@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,6 +222,36 @@ func TestBadInput(t *testing.T) {
 	if _, err := Build(t, Options{ID: "Bad!"}); err == nil || !strings.Contains(err.Error(), `"Bad!"`) {
 		t.Errorf("Build with id Bad!: %v", err)
 	}
+	if _, err := Build(t, Options{SandboxRange: netip.MustParsePrefix("fd00::/8")}); err == nil {
+		t.Error("Build accepted an IPv6 sandbox range")
+	}
+	// A build that fails halfway undoes itself and leaves a namesake alone.
+	id := "x" + randomHex(2)
+	squatter, err := createNetns("pw" + id + "-inet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	squatter.Close()
+	defer deleteNetns("pw" + id + "-inet")
+	if _, err := Build(t, Options{ID: id}); err == nil {
+		t.Fatal("Build succeeded over an existing internet namespace")
+	}
+	if _, err := os.Stat(netnsPath("pw" + id + "-node")); err == nil {
+		t.Error("failed Build left its node namespace")
+	}
+	if _, err := os.Stat(netnsPath("pw" + id + "-inet")); err != nil {
+		t.Error("failed Build deleted a namespace it did not make")
+	}
+	if dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "paddock-pw"+id+"-*")); len(dirs) > 0 {
+		t.Errorf("failed Build left %v", dirs)
+	}
+	claims, _ := os.ReadDir(claimDir)
+	for _, c := range claims {
+		if b, _ := os.ReadFile(filepath.Join(claimDir, c.Name())); strings.Contains(string(b), "pw"+id) {
+			t.Errorf("failed Build left its subnet claim %s", c.Name())
+		}
+	}
+
 	w := New(t, Options{})
 	for _, name := range []string{"", "UPPER", "node", "has space", strings.Repeat("x", 21)} {
 		if _, err := w.AddPlainSandbox(name); err == nil {
