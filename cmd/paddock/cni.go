@@ -104,10 +104,8 @@ func cniInstall(args []string, out io.Writer) error {
 	} else if _, err := os.Stat(plugin); err != nil {
 		return fmt.Errorf("the paddock plugin is not at %s (%v): run `make install`, pass the runtime's plugin dir with --bin-dir, or copy it there with --copy-binary FILE", plugin, err)
 	}
-	if c.chain == "" {
-		if _, err := os.Stat(filepath.Join(c.binDir, "host-local")); err != nil {
-			fmt.Fprintf(os.Stderr, "paddock cni install: warning: the standalone conflist uses the host-local IPAM plugin, which is not in %s: install your distribution's containernetworking-plugins\n", c.binDir)
-		}
+	if c.chain == "" && !haveHostLocal(c.binDir) {
+		fmt.Fprintf(os.Stderr, "paddock cni install: warning: the standalone conflist uses the host-local IPAM plugin, which is in neither %s nor %v: install your distribution's containernetworking-plugins\n", c.binDir, distroCNIDirs)
 	}
 
 	ch, err := conflist.Install(conflist.Options{
@@ -131,6 +129,19 @@ func cniInstall(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "wrote standalone conflist %s (network %q, policy %q, subnet %s)\n", ch.File, conflist.StandaloneNetwork, pol, prefix)
 	}
 	return nil
+}
+
+// distroCNIDirs are where distribution packages put the CNI plugins; podman
+// searches them besides /opt/cni/bin.
+var distroCNIDirs = []string{"/usr/lib/cni", "/usr/libexec/cni"}
+
+func haveHostLocal(binDir string) bool {
+	for _, d := range append([]string{binDir}, distroCNIDirs...) {
+		if _, err := os.Stat(filepath.Join(d, "host-local")); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func cniUninstall(args []string, out io.Writer) error {
