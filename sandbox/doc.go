@@ -1,4 +1,14 @@
-// Package sandbox is the launcher behind `paddock run`: namespaces, a fresh
-// read-only root, masked secrets, emptied capabilities, seccomp, Landlock and
-// resource limits for a bare process, with paddock networking.
+// Package sandbox is the launcher behind `paddock run`: the parent (root)
+// validates everything, compiles the seccomp profile (Docker's default from
+// github.com/moby/profiles plus paddock's denials) to classic BPF, creates
+// the run's cgroup (v2 when it has the controllers, else v1) and re-executes
+// itself as PID 1 of new mount, PID, IPC, UTS, network and cgroup
+// namespaces; that init pivots into a fresh root of read-only binds with a
+// new /proc, a minimal /dev, tmpfs /tmp and $HOME, the workspace (ro, rw or
+// an overlay reviewed with `paddock diff/apply/discard`) and every secret
+// found in a bound directory masked, attaches the paddock CNI network (or
+// only loopback plus a bridge to the node's HTTP proxy), then confines one
+// locked thread (bounding and ambient capabilities dropped, ids switched,
+// all sets emptied, no_new_privs, Landlock, seccomp) and forks the command
+// from it, forwarding signals and reaping orphans until it exits.
 package sandbox

@@ -17,28 +17,34 @@ import (
 )
 
 // paddockBin is the CLI under test: $PADDOCK_BIN/paddock when the Makefile
-// built it, else built here once.
-var paddockBin string
+// built it, else built here once. probeDir holds the probe helper
+// (testdata/probe), mounted into sandboxes at /probe.
+var paddockBin, probeDir string
 
 func TestMain(m *testing.M) {
 	code := func() int {
-		if dir := os.Getenv("PADDOCK_BIN"); dir != "" {
-			if _, err := os.Stat(filepath.Join(dir, "paddock")); err == nil {
-				paddockBin = filepath.Join(dir, "paddock")
-				return m.Run()
-			}
-		}
 		tmp, err := os.MkdirTemp("", "paddock-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer os.RemoveAll(tmp)
-		paddockBin = filepath.Join(tmp, "paddock")
-		out, err := exec.Command("go", "build", "-o", paddockBin, "github.com/paddock-sandbox/paddock/cmd/paddock").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build paddock: %v\n%s", err, out)
+		if err := os.Chmod(tmp, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
+		}
+		probeDir = tmp
+		builds := [][]string{{"-o", filepath.Join(tmp, "probe"), "./testdata/probe"}}
+		paddockBin = filepath.Join(os.Getenv("PADDOCK_BIN"), "paddock")
+		if _, err := os.Stat(paddockBin); os.Getenv("PADDOCK_BIN") == "" || err != nil {
+			paddockBin = filepath.Join(tmp, "paddock")
+			builds = append(builds, []string{"-o", paddockBin, "github.com/paddock-sandbox/paddock/cmd/paddock"})
+		}
+		for _, b := range builds {
+			if out, err := exec.Command("go", append([]string{"build"}, b...)...).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "go build %v: %v\n%s", b, err, out)
+				return 1
+			}
 		}
 		return m.Run()
 	}()
@@ -219,34 +225,33 @@ func TestSecretsMasked(t *testing.T) {
 }
 
 func TestSeccompDenials(t *testing.T) {
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 is needed for the syscall probes")
-	}
 	e := newEnv(t)
-	probe := `
-import ctypes, os, socket
-libc = ctypes.CDLL(None, use_errno=True)
-def sys(name, r):
-    print(name, "EPERM" if r == -1 and ctypes.get_errno() == 1 else "r=%d errno=%d" % (r, ctypes.get_errno()))
-sys("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
-sys("unshare", libc.unshare(0x10000000))
-sys("ptrace", libc.ptrace(16, 1, 0, 0))
-sys("bpf", libc.syscall(321, 0, 0, 0))
-for name, fam, typ, proto in [("raw", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP), ("packet", socket.AF_PACKET, socket.SOCK_RAW, 0)]:
-    try:
-        socket.socket(fam, typ, proto); print(name, "OPENED")
-    except OSError as e:
-        print(name, "EPERM" if e.errno == 1 else e)
-socket.socket(); print("tcp ok")
-`
-	r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--", "python3", "-c", probe)
+	r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--mount", probeDir+":/probe", "--", "/probe/probe", "syscalls")
 	for _, n := range []string{"mount", "unshare", "ptrace", "bpf", "raw", "packet"} {
 		if !strings.Contains(r.stdout, n+" EPERM") {
 			t.Errorf("%s not refused with EPERM:\n%s\n%s", n, r.stdout, r.stderr)
 		}
 	}
-	if !strings.Contains(r.stdout, "tcp ok") {
+	if !strings.Contains(r.stdout, "tcp ALLOWED") {
 		t.Errorf("ordinary sockets broken: %s %s", r.stdout, r.stderr)
+	}
+}
+
+func TestCustomSeccompProfile(t *testing.T) {
+	e := newEnv(t)
+	prof := filepath.Join(t.TempDir(), "profile.json")
+	err := os.WriteFile(prof, []byte(`{"defaultAction": "SCMP_ACT_ALLOW",
+		"syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--seccomp", prof, "--mount", probeDir+":/probe",
+		"--", "sh", "-c", "mkdir /tmp/d 2>&1; /probe/probe syscalls")
+	if !strings.Contains(r.stdout, "Permission denied") {
+		t.Errorf("profile's mkdir rule (EACCES) not applied: %s %s", r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "ptrace EPERM") || !strings.Contains(r.stdout, "raw EPERM") {
+		t.Errorf("paddock's own denials must hold under any profile: %s", r.stdout)
 	}
 }
 
@@ -262,11 +267,8 @@ func TestLimits(t *testing.T) {
 		}
 	})
 	t.Run("memory", func(t *testing.T) {
-		if _, err := exec.LookPath("python3"); err != nil {
-			t.Skip("python3 is needed for the memory hog")
-		}
-		r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--memory", "64m", "--",
-			"python3", "-c", "x=[]\nfor i in range(100): x.append(bytearray(10<<20))\nprint('survived')")
+		r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--memory", "64m", "--mount", probeDir+":/probe",
+			"--", "/probe/probe", "hog")
 		if r.code != 128+int(syscall.SIGKILL) || strings.Contains(r.stdout, "survived") {
 			t.Errorf("memory hog not killed at 64m: exit %d %s %s", r.code, r.stdout, r.stderr)
 		}
@@ -432,29 +434,16 @@ func TestTUIUnderTmux(t *testing.T) {
 	if _, err := exec.LookPath("tmux"); err != nil {
 		t.Skip("tmux is not installed")
 	}
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 is needed for the curses program")
-	}
 	e := newEnv(t)
-	// A curses program: draws a prompt, echoes the key it gets, exits.
-	e.write("tui.py", `import curses
-def main(s):
-    s.addstr(0, 0, "PADDOCK-TUI ready")
-    s.refresh()
-    k = s.getkey()
-    s.addstr(1, 0, "got key " + k)
-    s.refresh()
-    s.getkey()
-curses.wrapper(main)
-`)
 	sock := filepath.Join(t.TempDir(), "tmux.sock")
 	tmux := func(args ...string) string {
 		out, _ := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
 		return string(out)
 	}
 	t.Cleanup(func() { tmux("kill-server") })
+	// The probe's TUI mode: raw terminal, full-screen draw, one key echoed.
 	tmux("new-session", "-d", "-x", "80", "-y", "24", "-c", e.ws,
-		paddockBin+" run --network none --state-dir "+e.state+" -- python3 tui.py; sleep 30")
+		paddockBin+" run --network none --state-dir "+e.state+" --mount "+probeDir+":/probe -- /probe/probe tui; sleep 30")
 	waitFor := func(s string) bool {
 		for i := 0; i < 100; i++ {
 			if strings.Contains(tmux("capture-pane", "-p"), s) {
@@ -464,8 +453,8 @@ curses.wrapper(main)
 		}
 		return false
 	}
-	if !waitFor("PADDOCK-TUI ready") {
-		t.Fatalf("TUI did not draw:\n%s", tmux("capture-pane", "-p"))
+	if !waitFor("PADDOCK-TUI ready 80x24") {
+		t.Fatalf("TUI did not draw at the terminal's size:\n%s", tmux("capture-pane", "-p"))
 	}
 	tmux("send-keys", "x")
 	if !waitFor("got key x") {
