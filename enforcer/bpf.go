@@ -321,12 +321,14 @@ func (b *bpfRedirect) reconcile(sbs []api.Sandbox) error {
 		if veths[e.Name()] {
 			continue
 		}
+		// Unpin before closing: the last reference then drops on close,
+		// which detaches at once (a final put from unlink is deferred).
+		if err := os.Remove(filepath.Join(b.dir, "links", e.Name())); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, fmt.Errorf("remove stale link pin %s: %w", e.Name(), err))
+		}
 		if l, ok := b.links[e.Name()]; ok {
 			_ = l.Close()
 			delete(b.links, e.Name())
-		}
-		if err := os.Remove(filepath.Join(b.dir, "links", e.Name())); err != nil && !os.IsNotExist(err) {
-			errs = append(errs, fmt.Errorf("remove stale link pin %s: %w", e.Name(), err))
 		}
 	}
 	var stale []uint32

@@ -194,7 +194,23 @@ func testDatapath(t *testing.T, mode RedirectMode) {
 		t.Fatalf("%d packets from the sandbox reached the far side: leak", n)
 	}
 
+	// The policy routing is checked and restored.
+	nftRun(t, "ip", "rule", "del", "pref", "91")
+	if err := d.Check(context.Background(), w.sb); err == nil {
+		t.Error("check passes with the blackhole rule deleted")
+	}
+	if c := d.Components()["route"]; c == "ok" {
+		t.Error("route component ok with the blackhole rule deleted")
+	}
+	if err := d.Reconcile(context.Background(), []api.Sandbox{w.sb}); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if err := d.Check(context.Background(), w.sb); err != nil {
+		t.Fatalf("check after reconcile: %v", err)
+	}
+
 	if mode == RedirectBPF {
+		testBlackholeWithoutNft(t, w)
 		testPinnedRestart(t, d, dir, w)
 		return
 	}
@@ -260,6 +276,22 @@ func testPinnedRestart(t *testing.T, d *Datapath, dir string, w *nftWorld) {
 	if err := d2.Check(context.Background(), w.sb); err != nil {
 		t.Fatalf("check after restart: %v", err)
 	}
+	// Reconcile to nothing removes the stale attachment, then restores it.
+	if err := d2.Reconcile(context.Background(), nil); err != nil {
+		t.Fatalf("reconcile to none: %v", err)
+	}
+	if ids := attachedIDs(t, w.sb.HostIfIndex); len(ids) != 0 {
+		t.Fatalf("tcx ingress still has %v after reconciling to no sandboxes", ids)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "links", w.sb.HostVeth)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale link pin survived reconcile: %v", err)
+	}
+	if err := d2.Reconcile(context.Background(), []api.Sandbox{w.sb}); err != nil {
+		t.Fatalf("reconcile back: %v", err)
+	}
+	if err := d2.Check(context.Background(), w.sb); err != nil {
+		t.Fatalf("check after reconcile back: %v", err)
+	}
 	accepted := make(chan error, 1)
 	go func() {
 		ln := d2.Listeners().TCP
@@ -304,5 +336,27 @@ func testPinnedRestart(t *testing.T, d *Datapath, dir string, w *nftWorld) {
 	}
 	if err := d2.Check(context.Background(), w.sb); err == nil {
 		t.Error("check passes after detach")
+	}
+}
+
+// testBlackholeWithoutNft: with table inet paddock deleted (the watcher
+// restores it within a second), deny-marked packets are still not forwarded
+// thanks to the blackhole rule.
+func testBlackholeWithoutNft(t *testing.T, w *nftWorld) {
+	nftRun(t, "nft", "delete", "table", "inet", "paddock")
+	w.inSandbox(t, func() error {
+		u, err := net.Dial("udp4", "192.0.2.20:123")
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		for range 5 {
+			_, _ = u.Write([]byte("ntp?"))
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond)
+	if n := w.farCount(t); n != 0 {
+		t.Fatalf("%d deny-marked packets were forwarded with the nft table gone: leak", n)
 	}
 }
