@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
 	"github.com/paddock-sandbox/paddock/proxy/policy"
@@ -140,6 +141,17 @@ func newWorld(t *testing.T, policyYAML string) *world {
 		w.mu.Lock()
 		w.lastReq, w.lastBody = r.Clone(context.Background()), string(body)
 		w.mu.Unlock()
+		if r.Header.Get("Upgrade") == "websocket" {
+			c, brw, err := http.NewResponseController(rw).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			brw.Flush()
+			_, _ = io.Copy(c, brw) // echo
+			return
+		}
 		if r.URL.Path == "/slow" {
 			for i := 0; i < 20; i++ {
 				fmt.Fprintf(rw, "chunk %d\n", i)
@@ -590,5 +602,75 @@ func TestReloadKeepsOpenDownloadAndLastGood(t *testing.T) {
 	code, _, _ = w.get(w.client(false, nil), "GET", "http://allowed.test:{HTTP}/", nil)
 	if code != 200 {
 		t.Fatalf("broken policy replaced the last good one: %d", code)
+	}
+}
+
+func TestWebSocketUpgradeThroughTermination(t *testing.T) {
+	w := newWorld(t, basePolicy)
+	raw, err := w.dial(w.origFor(w.tlsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, &tls.Config{ServerName: "allowed.test", RootCAs: w.nodeRoots, NextProtos: []string{"http/1.1"}})
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: allowed.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", w.tlsPort)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	fmt.Fprint(c, "ping-frame")
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping-frame" {
+		t.Fatalf("echo over upgraded connection: %q %v", buf, err)
+	}
+}
+
+func TestMetricsCount(t *testing.T) {
+	w := newWorld(t, basePolicy)
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	w.srv.opt.Metrics = m
+	w.srv.opt.CA.OnCache = func(hit bool) {
+		if hit {
+			m.CertCache.WithLabelValues("hit").Inc()
+		} else {
+			m.CertCache.WithLabelValues("miss").Inc()
+		}
+	}
+	c := w.client(false, w.nodeRoots)
+	w.get(c, "GET", "https://allowed.test:{TLS}/", nil)
+	w.get(c, "GET", "https://blocked.test:{TLS}/", nil)
+	w.get(w.client(false, w.nodeRoots), "GET", "https://allowed.test:{TLS}/", nil)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, mm := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range mm.GetLabel() {
+				key += "," + l.GetName() + "=" + l.GetValue()
+			}
+			switch {
+			case mm.GetCounter() != nil:
+				got[key] = mm.GetCounter().GetValue()
+			case mm.GetHistogram() != nil:
+				got[key] = float64(mm.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	for key, min := range map[string]float64{
+		"paddock_proxy_requests_total,decision=allow,sandbox=0123456789ab": 2,
+		"paddock_proxy_requests_total,decision=deny,sandbox=0123456789ab":  1,
+		"paddock_proxy_upstream_latency_seconds":                           2,
+		"paddock_proxy_cert_cache_total,result=hit":                        1,
+		"paddock_proxy_cert_cache_total,result=miss":                       2,
+	} {
+		if got[key] < min {
+			t.Errorf("%s = %v, want >= %v (all: %v)", key, got[key], min, got)
+		}
 	}
 }
