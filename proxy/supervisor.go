@@ -37,7 +37,14 @@ type SupervisorConfig struct {
 	// Exe is the binary to run with argv[1] == ChildArg (default /proc/self/exe).
 	Exe    string
 	Stderr io.Writer // the child's log (default os.Stderr)
+	// Env is added to the child's otherwise empty environment. Variables of
+	// paddockd named PADDOCK_SECRET_* are passed through as well, so policies
+	// can use them with secretEnv.
+	Env []string
 }
+
+// SecretEnvPrefix marks paddockd environment variables the proxy inherits.
+const SecretEnvPrefix = "PADDOCK_SECRET_"
 
 // Supervisor runs the unprivileged proxy process, feeds it the sandbox list,
 // and restarts it with backoff when it dies. The listeners stay open in
@@ -216,6 +223,12 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	cmd := exec.Command(s.cfg.Exe, ChildArg)
 	cmd.Args[0] = "paddock-proxy"
 	cmd.Env = []string{ConfigEnv + "=" + string(cfgJSON), "PATH=/usr/bin:/bin"}
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, SecretEnvPrefix) {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, s.cfg.Env...)
 	cmd.ExtraFiles = s.files
 	cmd.Stdout, cmd.Stderr = s.cfg.Stderr, s.cfg.Stderr
 	cmd.Dir = "/"

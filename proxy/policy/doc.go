@@ -26,7 +26,10 @@
 //	                          # a value the sandbox sent for the header is replaced
 //	      - header: Authorization
 //	        value: "Bearer {secret}"   # default "{secret}"
-//	        secretFile: /etc/paddock/secrets/token  # or secretEnv: NAME (one of both)
+//	        secretFile: /etc/paddock/secrets/token  # read on every request (rotation
+//	                          # needs no restart); or secretEnv: NAME, a variable
+//	                          # of the proxy process (paddockd passes its
+//	                          # PADDOCK_SECRET_* variables through)
 //	    allowPrivate: false   # true lets this rule reach loopback, private,
 //	                          # link-local, CGNAT and node addresses
 //	  - tcp: ["db.internal.example:5432", "203.0.113.7:6379"]
