@@ -100,7 +100,11 @@ func InitMain() {
 		case unix.SIGURG:
 			// The Go runtime's own preemption signal.
 		default:
-			_ = unix.Kill(child, sig.(syscall.Signal))
+			// To the command's whole process group, as a terminal would
+			// deliver it: a TUI started by a shell script gets SIGWINCH too.
+			if unix.Kill(-child, sig.(syscall.Signal)) != nil {
+				_ = unix.Kill(child, sig.(syscall.Signal))
+			}
 		}
 	}
 }

@@ -331,6 +331,18 @@ func mountDev() error {
 
 func bind(b bindSpec, logf func(string, ...any)) error {
 	dst := newRoot + b.Dst
+	// A file destination that is a symlink (resolv.conf into /run) is
+	// followed one level, inside the new root.
+	if fi, err := os.Lstat(dst); err == nil && fi.Mode()&os.ModeSymlink != 0 && b.File {
+		t, err := os.Readlink(dst)
+		if err != nil {
+			return fmt.Errorf("mount point %s: %w", b.Dst, err)
+		}
+		if !filepath.IsAbs(t) {
+			t = filepath.Join(filepath.Dir(b.Dst), t)
+		}
+		dst = newRoot + filepath.Clean(t)
+	}
 	if err := mountpoint(dst, b.File); err != nil {
 		return err
 	}

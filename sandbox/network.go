@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -74,24 +76,62 @@ func pluginIndex(l *libcni.NetworkConfigList) int {
 	return -1
 }
 
-// add attaches the namespace at netns; the result names the sandbox's
-// addresses for --verbose.
-func (n *cniNet) add(netns string) (string, error) {
+// add attaches the namespace at netns; it returns the sandbox's addresses
+// for --verbose and the name servers it should use: the result's, else its
+// gateways (the node's DNS guard answers whatever address port 53 is sent to).
+func (n *cniNet) add(netns string) (desc string, dns []string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cniTimeout)
 	defer cancel()
 	rt := *n.rt
 	rt.NetNS = netns
 	res, err := n.cni.AddNetworkList(ctx, n.list, &rt)
 	if err != nil {
-		return "", fmt.Errorf("CNI ADD on network %q: %w", n.list.Name, err)
+		return "", nil, fmt.Errorf("CNI ADD on network %q: %w", n.list.Name, err)
 	}
-	desc := n.list.Name
+	desc = n.list.Name
 	if r, err := current.NewResultFromResult(res); err == nil {
+		dns = r.DNS.Nameservers
 		for _, ip := range r.IPs {
 			desc += " " + ip.Address.String()
+			if len(r.DNS.Nameservers) == 0 && ip.Gateway != nil {
+				dns = append(dns, ip.Gateway.String())
+			}
 		}
 	}
-	return desc, nil
+	return desc, dns, nil
+}
+
+// resolvConf keeps the rootfs's search and options lines and its
+// non-loopback servers (loopback ones cannot be reached from the sandbox's
+// namespace), falling back to dns.
+func resolvConf(rootfs string, dns []string) []byte {
+	var keep, servers []string
+	b, _ := os.ReadFile(filepath.Join(rootfs, "etc", "resolv.conf"))
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			if ip, err := netip.ParseAddr(f[1]); err == nil && !ip.IsLoopback() {
+				servers = append(servers, f[1])
+			}
+		case "search", "domain", "options":
+			keep = append(keep, line)
+		}
+	}
+	if len(servers) == 0 {
+		servers = dns
+	}
+	var out strings.Builder
+	for _, l := range keep {
+		out.WriteString(l + "\n")
+	}
+	for _, s := range servers {
+		out.WriteString("nameserver " + s + "\n")
+	}
+	return []byte(out.String())
 }
 
 // del detaches; it works without the namespace (which may be gone).

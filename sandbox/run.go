@@ -185,11 +185,19 @@ func Run(opts Options) (code int, err error) {
 				fmt.Fprintf(os.Stderr, "paddock: %v (the next run retries)\n", err)
 			}
 		})
-		desc, err := net.add(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid))
+		desc, dns, err := net.add(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid))
 		if err != nil {
 			abort()
 			return 0, err
 		}
+		// The rootfs's resolv.conf may name a loopback stub or point into
+		// its /run, neither of which exists in the sandbox.
+		resolv := filepath.Join(runDir, "resolv.conf")
+		if err := os.WriteFile(resolv, resolvConf(opts.RootFS, dns), 0o644); err != nil {
+			abort()
+			return 0, fmt.Errorf("resolv.conf: %w", err)
+		}
+		spec.Binds = append(spec.Binds, bindSpec{Src: resolv, Dst: "/etc/resolv.conf", File: true})
 		logf("network: paddock via CNI, %s", desc)
 	}
 	if opts.CABundle != "" {
