@@ -182,13 +182,14 @@ func ReadDrops(path string) ([]Drop, error) {
 	}
 	defer f.Close()
 	var out []Drop
-	_, err = scanDrops(f, func(d Drop, _ []byte) { out = append(out, d) })
+	_, err = ScanDrops(f, func(d Drop, _ []byte) { out = append(out, d) })
 	return out, err
 }
 
-// scanDrops calls fn for each complete line of r and returns how many
-// bytes those lines took, so a follower can resume after them.
-func scanDrops(r io.Reader, fn func(Drop, []byte)) (int64, error) {
+// ScanDrops calls fn for each complete line of r, decoded and raw (without
+// the newline), and returns how many bytes those lines took, so a follower
+// can resume after them. Lines that are not a JSON drop are skipped.
+func ScanDrops(r io.Reader, fn func(Drop, []byte)) (int64, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var n int64
 	for {
@@ -214,13 +215,24 @@ const followPoll = 250 * time.Millisecond
 // was called, until ctx ends. It survives the file being created later,
 // truncated or replaced.
 func FollowDrops(ctx context.Context, path string, fn func(d Drop, raw []byte)) error {
-	var off int64 = -1 // -1: start at the end of the current file
+	return FollowDropsFrom(ctx, path, -1, fn)
+}
+
+// FollowDropsFrom is FollowDrops starting at byte offset off of the current
+// file (what ScanDrops returned for it), so no line written between reading
+// the log and following it is lost; off < 0 means the end of the file.
+func FollowDropsFrom(ctx context.Context, path string, off int64, fn func(d Drop, raw []byte)) error {
 	var ino uint64
+	if st, err := os.Stat(path); err == nil && off >= 0 {
+		ino = inode(st)
+	}
 	for {
 		if st, err := os.Stat(path); err == nil {
 			cur := inode(st)
 			if off < 0 {
 				off, ino = st.Size(), cur
+			} else if ino == 0 {
+				ino = cur // created after we started
 			}
 			if cur != ino || st.Size() < off {
 				off, ino = 0, cur // replaced or truncated: read it from the start
@@ -252,7 +264,7 @@ func readFrom(path string, off int64, fn func(Drop, []byte)) (int64, error) {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		return 0, fmt.Errorf("seek drop log: %w", err)
 	}
-	return scanDrops(f, fn)
+	return ScanDrops(f, fn)
 }
 
 func inode(st os.FileInfo) uint64 {
