@@ -41,6 +41,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func (s *syncBuffer) records(t *testing.T) []AuditRecord {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -302,7 +308,7 @@ func (w *world) auditFor(f func(AuditRecord) bool) AuditRecord {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	w.t.Fatalf("no matching audit record in:\n%s", w.audit.b.String())
+	w.t.Fatalf("no matching audit record in:\n%s", w.audit.String())
 	return AuditRecord{}
 }
 
