@@ -116,6 +116,7 @@ func buildRoot(s *initSpec, logf func(string, ...any)) error {
 	if err := bindRootFS(s.RootFS); err != nil {
 		return err
 	}
+	logf("root: %s read-only (nosuid, nodev); fresh /proc, /sys (read-only), /dev, /run; /home, /root, /mnt, /media empty", s.RootFS)
 	for _, h := range s.Hidden {
 		dst := newRoot + h
 		if st, err := os.Stat(dst); err == nil && st.IsDir() {
