@@ -418,13 +418,6 @@ func (c *notifyConn) Close() error {
 	return err
 }
 
-func (c *notifyConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
-
 func splitHostPort(hostport string, def int) (string, int, error) {
 	h, p, err := net.SplitHostPort(hostport)
 	if err != nil {
@@ -441,4 +434,12 @@ func splitHostPort(hostport string, def int) (string, int, error) {
 		return "", 0, fmt.Errorf("bad port in %q", hostport)
 	}
 	return h, port, nil
+}
+
+// CloseWrite lets splice half-close a hijacked CONNECT tunnel.
+func (c *notifyConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }

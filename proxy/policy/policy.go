@@ -522,17 +522,6 @@ func (p *Policy) DecideTCP(dst netip.AddrPort, target string, resolve func(host 
 	return Decision{Reason: fmt.Sprintf("no tcp rule allows %s (opaque TCP needs an explicit host:port rule)", dst)}
 }
 
-// TCPHost returns the name or address of the tcp entry of r that matched dst
-// (port equal), for dialling; "" when r has none.
-func (r *Rule) TCPHost(port int) string {
-	for _, hp := range r.tcp {
-		if hp.port == port {
-			return hp.host
-		}
-	}
-	return ""
-}
-
 // AllowsName reports whether DNS for name is allowed: in allowlist mode, when
 // an allow rule (domains or a tcp name) names it and no deny rule does.
 func (p *Policy) AllowsName(name string) (bool, *Rule) {
