@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -177,7 +178,7 @@ func Run(opts Options) (code int, err error) {
 		logf("limits: %s", strings.Join(cg.applied, ", "))
 	}
 	if spec.Exec.Nproc > 0 {
-		logf("limits: rlimit NPROC=%d, CORE=0", spec.Exec.Nproc)
+		logf("limits: rlimit NPROC=%d (--pids plus the tasks uid %d already runs), CORE=0", spec.Exec.Nproc, opts.UID)
 	}
 	if net != nil {
 		cleanups = append(cleanups, func() {
@@ -309,7 +310,9 @@ func buildSpec(o *Options, runDir string, filter *SeccompFilter) (*initSpec, err
 	}
 	var nproc uint64
 	if o.Pids > 0 {
-		nproc = uint64(o.Pids)
+		// RLIMIT_NPROC counts every task of the real uid on the machine,
+		// so the tasks that uid already runs come on top of the limit.
+		nproc = uint64(o.Pids) + uint64(tasksOf(o.UID))
 	}
 	s.Exec = execSpec{
 		Argv: o.Command, Env: env, Dir: ws.Dest, UID: o.UID, GID: o.GID,
@@ -351,4 +354,29 @@ func listenProxyBridge(sock string, o Options) (net.Listener, error) {
 	}
 	go serveBridge(ln, dial)
 	return ln, nil
+}
+
+// tasksOf counts the threads uid runs now, from /proc.
+func tasksOf(uid int) int {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/status")
+	want := strconv.Itoa(uid)
+	n := 0
+	for _, d := range dirs {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		var owner bool
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			switch {
+			case len(f) > 1 && f[0] == "Uid:":
+				owner = f[1] == want
+			case len(f) > 1 && f[0] == "Threads:" && owner:
+				t, _ := strconv.Atoi(f[1])
+				n += t
+			}
+		}
+	}
+	return n
 }
