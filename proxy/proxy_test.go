@@ -514,6 +514,26 @@ func TestExplicitProxy(t *testing.T) {
 		return r.Method == "CONNECT" && r.Host == "blocked.test" && r.Decision == "deny"
 	})
 
+	// CONNECT to an opaque tcp rule target, with half-close: the client
+	// stops sending and still reads the whole answer.
+	raw, err := w.dial(proxyOrig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(raw, "CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", w.httpPort, w.httpPort)
+	br := bufio.NewReader(raw)
+	if line, _ := br.ReadString('\n'); !strings.Contains(line, "200") {
+		t.Fatalf("CONNECT opaque: %q", line)
+	}
+	_, _ = br.ReadString('\n')
+	_, _ = raw.Write([]byte("\x00\x01binary\r\n\r\n"))
+	_ = raw.(*net.TCPConn).CloseWrite()
+	if rest, _ := io.ReadAll(br); !strings.Contains(string(rest), "400 Bad Request") {
+		t.Fatalf("opaque tunnel answer: %q", rest)
+	}
+
 	// ServeExplicit on a plain listener (the launcher's socket).
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
