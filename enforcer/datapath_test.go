@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/paddock-sandbox/paddock/bpf"
 	"github.com/paddock-sandbox/paddock/plugin/api"
@@ -23,20 +24,31 @@ func TestDatapathBPFInNetns(t *testing.T) {
 	if nftInNodeNetns(t) {
 		return
 	}
-	testDatapath(t, RedirectBPF)
+	testDatapath(t, RedirectBPF, DefaultDNSListen)
+}
+
+// With the DNS listener off port 53, replies go out through a transparent
+// socket bound to the original destination instead.
+func TestDatapathDNSReplySocketInNetns(t *testing.T) {
+	if nftInNodeNetns(t) {
+		return
+	}
+	testDatapath(t, RedirectBPF, netip.MustParseAddrPort("127.0.0.1:5353"))
 }
 
 func TestDatapathNftablesInNetns(t *testing.T) {
 	if nftInNodeNetns(t) {
 		return
 	}
-	testDatapath(t, RedirectNftables)
+	testDatapath(t, RedirectNftables, DefaultDNSListen)
 }
 
-func startDatapath(t *testing.T, mode RedirectMode, dir string, w *nftWorld) *Datapath {
+func startDatapath(t *testing.T, mode RedirectMode, dir string, dnsListen netip.AddrPort, w *nftWorld) (*Datapath, *prometheus.Registry) {
 	t.Helper()
+	reg := prometheus.NewRegistry()
 	d, err := New(context.Background(), Options{
 		Mode: mode, BPFFSDir: dir, NFLOGGroup: 61, LogDir: t.TempDir(),
+		DNSListen: dnsListen, Metrics: reg,
 		Lookup: func(a netip.Addr) (api.Sandbox, bool) { return w.sb, a == w.sbIP },
 		ByIfIndex: func(i int) (api.Sandbox, bool) {
 			return w.sb, i == w.sb.HostIfIndex
@@ -45,7 +57,7 @@ func startDatapath(t *testing.T, mode RedirectMode, dir string, w *nftWorld) *Da
 	if err != nil {
 		t.Fatalf("new data path (%s): %v", mode, err)
 	}
-	return d
+	return d, reg
 }
 
 // dialFromSandbox connects from the sandbox to dst and exchanges a line
@@ -88,11 +100,11 @@ func dnsFromSandbox(t *testing.T, w *nftWorld, network, server string) (*dns.Msg
 	return resp, qerr
 }
 
-func testDatapath(t *testing.T, mode RedirectMode) {
+func testDatapath(t *testing.T, mode RedirectMode, dnsListen netip.AddrPort) {
 	w := newNFTWorld(t)
 	dir := filepath.Join(bpffsRoot, "paddock-test-"+randSuffix())
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	d := startDatapath(t, mode, dir, w)
+	d, reg := startDatapath(t, mode, dir, dnsListen, w)
 	defer func() { d.Close() }()
 
 	bad := w.sb
@@ -210,6 +222,7 @@ func testDatapath(t *testing.T, mode RedirectMode) {
 	}
 
 	if mode == RedirectBPF {
+		checkBPFMetrics(t, reg)
 		testBlackholeWithoutNft(t, w)
 		testPinnedRestart(t, d, dir, w)
 		return
@@ -263,7 +276,7 @@ func testPinnedRestart(t *testing.T, d *Datapath, dir string, w *nftWorld) {
 		t.Fatalf("%d packets reached the far side while paddockd was down: leak", n)
 	}
 
-	d2 := startDatapath(t, RedirectBPF, dir, w)
+	d2, _ := startDatapath(t, RedirectBPF, dir, DefaultDNSListen, w)
 	defer d2.Close()
 	newID := progID(t, d2)
 	ids = attachedIDs(t, w.sb.HostIfIndex)
@@ -358,5 +371,40 @@ func testBlackholeWithoutNft(t *testing.T, w *nftWorld) {
 	time.Sleep(200 * time.Millisecond)
 	if n := w.farCount(t); n != 0 {
 		t.Fatalf("%d deny-marked packets were forwarded with the nft table gone: leak", n)
+	}
+}
+
+func checkBPFMetrics(t *testing.T, reg *prometheus.Registry) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached := -1.0
+	seen := map[string]float64{}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "paddock_bpf_attached":
+			attached = mf.GetMetric()[0].GetGauge().GetValue()
+		case "paddock_bpf_packets_total":
+			for _, m := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["sandbox"] != "3f2a9c1b7d20" {
+					t.Errorf("packets counted for sandbox %q, want 3f2a9c1b7d20", labels["sandbox"])
+				}
+				seen[labels["reason"]] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if attached != 1 {
+		t.Errorf("paddock_bpf_attached = %v, want 1", attached)
+	}
+	for _, r := range []string{"redirected", "udp"} {
+		if seen[r] == 0 {
+			t.Errorf("paddock_bpf_packets_total{reason=%q} is 0; seen %v", r, seen)
+		}
 	}
 }
