@@ -67,6 +67,9 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, c *httpCon
 	}()
 	host, port, err := requestTarget(r, c)
 	rec.Host = host
+	if c.explicit && err == nil {
+		rec.Dst = net.JoinHostPort(host, strconv.Itoa(port))
+	}
 	deny := func(policyName, ruleID, reason string) {
 		rec.Decision, rec.Policy, rec.Rule, rec.Error = "deny", policyName, ruleID, reason
 		shown := host
