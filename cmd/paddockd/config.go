@@ -38,6 +38,8 @@ type Config struct {
 	Resolver      string // upstream DNS server, ip:port
 	UpstreamCA    string // extra CA bundle trusted for upstream TLS
 	ProxyUser     string
+	TCPListen     netip.AddrPort // transparent listener redirected TCP arrives on
+	DNSListen     netip.AddrPort // transparent DNS listener (UDP and TCP)
 
 	// Runtime dependencies main hands to the enforcer and the proxy
 	// supervisor; they are not read from flags or the file.
@@ -62,6 +64,8 @@ func defaultConfig() *Config {
 		PolicyDir:     "/etc/paddock/policies",
 		CADir:         "/var/lib/paddock/ca",
 		ProxyUser:     "paddock-proxy",
+		TCPListen:     enforcer.DefaultTCPListen,
+		DNSListen:     enforcer.DefaultDNSListen,
 	}
 }
 
@@ -86,6 +90,8 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.Resolver, "resolver", c.Resolver, "upstream DNS server `ip:port` (default: first nameserver of /etc/resolv.conf)")
 	fs.StringVar(&c.UpstreamCA, "upstream-ca", c.UpstreamCA, "PEM `file` of extra CAs trusted for upstream TLS")
 	fs.StringVar(&c.ProxyUser, "proxy-user", c.ProxyUser, "unprivileged `user` the proxy runs as")
+	fs.TextVar(&c.TCPListen, "tcp-listen", c.TCPListen, "`ip:port` of the transparent listener redirected TCP arrives on")
+	fs.TextVar(&c.DNSListen, "dns-listen", c.DNSListen, "`ip:port` of the transparent DNS listener (keep port 53: replies are sent from it)")
 }
 
 // parseConfig reads the command line and, with --config, the YAML file. A

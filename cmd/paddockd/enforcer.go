@@ -2,31 +2,35 @@ package main
 
 import (
 	"context"
-	"errors"
 
 	"github.com/paddock-sandbox/paddock/enforcer"
-	"github.com/paddock-sandbox/paddock/plugin/api"
 )
 
-// newEnforcer creates the data path paddockd drives. cfg carries the logger,
-// the metrics registry and the sandbox registry (for per-connection lookups).
+// newEnforcer creates the data path paddockd drives, in paddockd's network
+// namespace: policy routing, transparent listeners, the tcx redirect (or
+// TPROXY) and the nftables table with its drop logger. Until the proxy
+// serves the listeners, the default handlers log and refuse every
+// redirected connection and DNS query; they stop when the data path closes.
 func newEnforcer(cfg *Config) (enforcer.Enforcer, error) {
-	return noEnforcer{}, nil
+	o := enforcer.Options{
+		Mode:       cfg.Redirect,
+		BPFFSDir:   cfg.BPFFSDir,
+		TCPListen:  cfg.TCPListen,
+		DNSListen:  cfg.DNSListen,
+		NFLOGGroup: uint16(cfg.NFLOGGroup),
+		TapGroup:   uint16(cfg.NFLOGTapGroup),
+		LogDir:     cfg.LogDir,
+		Lookup:     cfg.Registry.ByIP,
+		ByIfIndex:  cfg.Registry.ByIfIndex,
+		Logger:     cfg.Logger,
+	}
+	if cfg.Metrics != nil {
+		o.Metrics = cfg.Metrics
+	}
+	dp, err := enforcer.New(context.Background(), o)
+	if err != nil {
+		return nil, err
+	}
+	go dp.ServeDefault(context.Background())
+	return dp, nil
 }
-
-// errNotBuilt is what every sandbox reports until the real data path lands:
-// paddockd must never claim enforcement it does not do.
-var errNotBuilt = errors.New("not built yet")
-
-// noEnforcer accepts registrations and enforces nothing; Status is never
-// Ready with it.
-type noEnforcer struct{}
-
-func (noEnforcer) Attach(context.Context, api.Sandbox) error      { return nil }
-func (noEnforcer) Detach(context.Context, api.Sandbox) error      { return nil }
-func (noEnforcer) Check(context.Context, api.Sandbox) error       { return errNotBuilt }
-func (noEnforcer) Reconcile(context.Context, []api.Sandbox) error { return nil }
-func (noEnforcer) Components() map[string]string {
-	return map[string]string{"enforcer": errNotBuilt.Error()}
-}
-func (noEnforcer) Close() error { return nil }
