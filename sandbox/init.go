@@ -208,6 +208,10 @@ func confineAndStart(s *execSpec) (int, error) {
 			_ = os.Setenv("PATH", v)
 		}
 	}
+	// Relative commands (./run.sh) are looked up from the working directory.
+	if err := os.Chdir(s.Dir); err != nil {
+		return 0, fmt.Errorf("working directory %s: %w", s.Dir, err)
+	}
 	path, err := exec.LookPath(s.Argv[0])
 	if err != nil {
 		code := exitNotFound

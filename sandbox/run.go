@@ -178,8 +178,9 @@ func Run(opts Options) (code int, err error) {
 		logf("limits: %s", strings.Join(cg.applied, ", "))
 	}
 	if spec.Exec.Nproc > 0 {
-		logf("limits: rlimit NPROC=%d (--pids plus the tasks uid %d already runs), CORE=0", spec.Exec.Nproc, opts.UID)
+		logf("limits: rlimit NPROC=%d (--pids plus the tasks uid %d already runs)", spec.Exec.Nproc, opts.UID)
 	}
+	logf("limits: rlimit CORE=0")
 	if net != nil {
 		cleanups = append(cleanups, func() {
 			if err := net.del(); err != nil {

@@ -310,6 +310,13 @@ func TestExitCodesAndSignals(t *testing.T) {
 	if r := e.run(nil, `kill -KILL $$`); r.code != 137 {
 		t.Errorf("SIGKILL became %d", r.code)
 	}
+	e.write("script.sh", "#!/bin/sh\nexit 5\n")
+	if err := os.Chmod(filepath.Join(e.ws, "script.sh"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--", "./script.sh"); r.code != 5 {
+		t.Errorf("a relative command in the workspace: exit %d, want 5: %s", r.code, r.stderr)
+	}
 	if r := e.paddock("run", "--network", "none", "--state-dir", e.state, "--", "no-such-command"); r.code != 127 {
 		t.Errorf("missing command became %d: %s", r.code, r.stderr)
 	}
