@@ -65,16 +65,15 @@ func TestFoundationLibcni(t *testing.T) {
 			k := key(w, rt.ContainerID, rt.IfName)
 			ctx, cancel := context.WithTimeout(context.Background(), 4*opTimeout)
 			defer cancel()
-			inNode := func(f func() error) error { return w.InNode(f) }
 			// The cleanup outlives ctx: it gets its own deadline.
 			t.Cleanup(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 				defer cancel()
-				_ = inNode(func() error { return cni.DelNetworkList(ctx, list, rt) })
+				_ = w.InNode(func() error { return cni.DelNetworkList(ctx, list, rt) })
 			})
 
 			var res types.Result
-			if err := inNode(func() (err error) { res, err = cni.AddNetworkList(ctx, list, rt); return }); err != nil {
+			if err := w.InNode(func() (err error) { res, err = cni.AddNetworkList(ctx, list, rt); return }); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
 			raw, err := json.Marshal(res)
@@ -89,25 +88,25 @@ func TestFoundationLibcni(t *testing.T) {
 				t.Errorf("host-local leases %v lack %s", l, addr.Addr())
 			}
 
-			if err := inNode(func() error { return cni.CheckNetworkList(ctx, list, rt) }); err != nil {
+			if err := w.InNode(func() error { return cni.CheckNetworkList(ctx, list, rt) }); err != nil {
 				t.Errorf("CHECK: %v", err)
 			}
 			if v >= "1.1.0" {
-				if err := inNode(func() error { return cni.GetStatusNetworkList(ctx, list) }); err != nil {
+				if err := w.InNode(func() error { return cni.GetStatusNetworkList(ctx, list) }); err != nil {
 					t.Errorf("STATUS: %v", err)
 				}
 				valid := &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: rt.ContainerID, IfName: rt.IfName}}}
-				if err := inNode(func() error { return cni.GCNetworkList(ctx, list, valid) }); err != nil {
+				if err := w.InNode(func() error { return cni.GCNetworkList(ctx, list, valid) }); err != nil {
 					t.Errorf("GC: %v", err)
 				}
 				assertRegistered(t, w, d, k, netnsPath, addr)
-				if err := inNode(func() error { return cni.CheckNetworkList(ctx, list, rt) }); err != nil {
+				if err := w.InNode(func() error { return cni.CheckNetworkList(ctx, list, rt) }); err != nil {
 					t.Errorf("CHECK after a GC that lists the attachment: %v", err)
 				}
 			}
 
 			for i := 1; i <= 2; i++ {
-				if err := inNode(func() error { return cni.DelNetworkList(ctx, list, rt) }); err != nil {
+				if err := w.InNode(func() error { return cni.DelNetworkList(ctx, list, rt) }); err != nil {
 					t.Errorf("DEL #%d: %v", i, err)
 				}
 			}
