@@ -136,9 +136,6 @@ add rule inet paddocktest pre meta l4proto 253 meta mark set %#x`,
 		return err
 	})
 	w.inSandbox(t, sendUDP("[2001:db8:1::99]:9"))
-	// Unmarked (BPF missing) from an interface whose sandbox is unknown.
-	known.Store(false)
-	w.inSandbox(t, sendUDP("192.0.2.21:8"))
 
 	type want struct{ reason, proto, dst, sandbox string }
 	wants := []want{
@@ -146,7 +143,6 @@ add rule inet paddocktest pre meta l4proto 253 meta mark set %#x`,
 		{"icmp", "icmp", "192.0.2.20", w.sb.ShortID()},
 		{"ip-proto", "ip-proto-253", "192.0.2.20", w.sb.ShortID()},
 		{"ipv6", "udp", "[2001:db8:1::99]:9", w.sb.ShortID()},
-		{"unmarked", "udp", "192.0.2.21:8", "unknown"},
 	}
 	key := func(d Drop) string {
 		dst := d.Dst
@@ -159,25 +155,33 @@ add rule inet paddocktest pre meta l4proto 253 meta mark set %#x`,
 		return d.Reason + " " + d.Proto + " " + dst + " " + d.Sandbox
 	}
 	var drops []Drop
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		drops, err = ReadDrops(path)
-		if err != nil {
-			t.Fatal(err)
+	waitFor := func(wants []want) {
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			drops, err = ReadDrops(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]int{}
+			for _, d := range drops {
+				got[key(d)]++
+			}
+			all := true
+			for _, x := range wants {
+				all = all && got[fmt.Sprintf("%s %s %s %s", x.reason, x.proto, x.dst, x.sandbox)] > 0
+			}
+			if all || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		got := map[string]int{}
-		for _, d := range drops {
-			got[key(d)]++
-		}
-		all := true
-		for _, x := range wants {
-			all = all && got[fmt.Sprintf("%s %s %s %s", x.reason, x.proto, x.dst, x.sandbox)] > 0
-		}
-		if all || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	waitFor(wants)
+	// Unmarked (BPF missing) from an interface whose sandbox is unknown.
+	known.Store(false)
+	w.inSandbox(t, sendUDP("192.0.2.21:8"))
+	wants = append(wants, want{"unmarked", "udp", "192.0.2.21:8", "unknown"})
+	waitFor(wants)
 	time.Sleep(300 * time.Millisecond) // would-be duplicates arrive by now
 	drops, _ = ReadDrops(path)
 	got := map[string]int{}

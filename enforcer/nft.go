@@ -37,13 +37,17 @@ type Firewall struct {
 	cfg FirewallConfig
 	log *slog.Logger
 
-	mu      sync.Mutex
-	conn    *nftables.Conn
-	rs      *ruleset
-	sbs     map[api.Key]sandboxElems
-	want    int // rule count of a complete table
-	health  string
-	deleted bool
+	mu   sync.Mutex
+	conn *nftables.Conn
+	rs   *ruleset
+	sbs  map[api.Key]sandboxElems
+	// inherited holds set keys found in the table a previous paddockd
+	// left, by set name: they stay enforced until Sync says otherwise, so
+	// a restart never opens a window with empty sets.
+	inherited map[string][][]byte
+	want      int // rule count of a complete table
+	health    string
+	deleted   bool
 
 	restores prometheus.Counter
 }
@@ -80,6 +84,7 @@ func NewFirewall(cfg FirewallConfig) (*Firewall, error) {
 		return nil, fmt.Errorf("open nftables netlink: %w", err)
 	}
 	f := &Firewall{cfg: cfg, log: cfg.Logger, conn: conn, sbs: map[api.Key]sandboxElems{}}
+	f.inherited = f.readOldSets()
 	f.restores = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "paddock_nft_restores_total",
 		Help: "Times table inet paddock was found missing or altered and restored.",
@@ -99,6 +104,54 @@ func NewFirewall(cfg FirewallConfig) (*Firewall, error) {
 	return f, nil
 }
 
+// readOldSets returns the element keys of the sets of an existing table
+// paddock (none if there is no such table).
+func (f *Firewall) readOldSets() map[string][][]byte {
+	out := map[string][][]byte{}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: nftTable}
+	names := []string{setIfs}
+	if f.cfg.Mode == RedirectNftables {
+		names = append(names, setSrc, setMAC)
+	}
+	for _, name := range names {
+		s, err := f.conn.GetSetByName(t, name)
+		if err != nil {
+			continue
+		}
+		elems, err := f.conn.GetSetElements(s)
+		if err != nil {
+			continue
+		}
+		for _, e := range elems {
+			out[name] = append(out[name], e.Key)
+		}
+	}
+	return out
+}
+
+// dropInherited forgets inherited keys of ifname (all sets start their
+// keys with the interface name) and queues their deletion.
+func (f *Firewall) dropInherited(ifname string) error {
+	prefix := ifnameKey(ifname)
+	for _, s := range []*nftables.Set{f.rs.ifs, f.rs.src, f.rs.mac} {
+		if s == nil {
+			continue
+		}
+		var keep [][]byte
+		for _, k := range f.inherited[s.Name] {
+			if !bytes.HasPrefix(k, prefix) {
+				keep = append(keep, k)
+				continue
+			}
+			if err := f.conn.SetDeleteElements(s, []nftables.SetElement{{Key: k}}); err != nil {
+				return fmt.Errorf("delete from %s: %w", s.Name, err)
+			}
+		}
+		f.inherited[s.Name] = keep
+	}
+	return nil
+}
+
 // restore writes the whole table and every known sandbox in one
 // transaction. Callers hold f.mu (or own f exclusively).
 func (f *Firewall) restore() error {
@@ -113,6 +166,15 @@ func (f *Firewall) restore() error {
 			src = append(src, nftables.SetElement{Key: e.srcKey()})
 			mac = append(mac, nftables.SetElement{Key: e.macKey()})
 		}
+	}
+	for _, k := range f.inherited[setIfs] {
+		ifs = append(ifs, nftables.SetElement{Key: k})
+	}
+	for _, k := range f.inherited[setSrc] {
+		src = append(src, nftables.SetElement{Key: k})
+	}
+	for _, k := range f.inherited[setMAC] {
+		mac = append(mac, nftables.SetElement{Key: k})
 	}
 	if err := f.addElems(rs, ifs, src, mac); err != nil {
 		return err
@@ -216,15 +278,23 @@ func (f *Firewall) AddSandbox(sb api.Sandbox) error {
 			stale = append(stale, k)
 		}
 	}
+	inherited := f.inherited
+	f.inherited = cloneInherited(inherited)
+	if err := f.dropInherited(e.ifname); err != nil {
+		f.inherited = inherited
+		return err
+	}
 	var src, mac []nftables.SetElement
 	if f.cfg.Mode == RedirectNftables {
 		src = []nftables.SetElement{{Key: e.srcKey()}}
 		mac = []nftables.SetElement{{Key: e.macKey()}}
 	}
 	if err := f.addElems(f.rs, []nftables.SetElement{{Key: ifnameKey(e.ifname)}}, src, mac); err != nil {
+		f.inherited = inherited
 		return err
 	}
 	if err := f.conn.Flush(); err != nil {
+		f.inherited = inherited
 		return fmt.Errorf("add sandbox %s (%s) to nftables sets: %w", sb.ShortID(), e.ifname, err)
 	}
 	for _, k := range stale {
@@ -343,6 +413,7 @@ func (f *Firewall) Sync(sbs []api.Sandbox) error {
 		return fmt.Errorf("sync nftables sets: %w", err)
 	}
 	f.sbs = next
+	f.inherited = map[string][][]byte{}
 	return errors.Join(errs...)
 }
 
@@ -430,4 +501,12 @@ func normaliseRuleset(s string) string {
 		lines[i] = indent + "elements = { " + strings.Join(parts, ", ") + " }"
 	}
 	return strings.Join(lines, "\n")
+}
+
+func cloneInherited(m map[string][][]byte) map[string][][]byte {
+	out := make(map[string][][]byte, len(m))
+	for k, v := range m {
+		out[k] = append([][]byte(nil), v...)
+	}
+	return out
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
@@ -79,7 +80,8 @@ func TestFirewallBPFMode(t *testing.T) {
 		t.Fatal("control ping did not reach the far side: the test world is broken")
 	}
 
-	f := newTestFirewall(t, FirewallConfig{Mode: RedirectBPF})
+	reg := prometheus.NewRegistry()
+	f := newTestFirewall(t, FirewallConfig{Mode: RedirectBPF, Metrics: reg})
 	if err := f.AddSandbox(w.sb); err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +118,9 @@ add rule ip paddocktest pre meta l4proto icmp meta mark set %#x`,
 	// Unmarked also counts the sandbox's own IPv6 neighbour discovery.
 	if counts["unmarked"] < 2 || counts["udp"] != 1 || counts["icmp"] != 1 {
 		t.Errorf("drop counts %v, want unmarked ≥2, udp 1, icmp 1", counts)
+	}
+	if n := gatheredCounter(t, reg, "paddock_nft_dropped_total", map[string]string{"reason": "udp"}); n != 1 {
+		t.Errorf("paddock_nft_dropped_total{reason=udp} = %v, want 1", n)
 	}
 
 	if err := f.RemoveSandbox(w.sb); err != nil {
@@ -241,7 +246,8 @@ func TestFirewallWatchRestores(t *testing.T) {
 		return
 	}
 	var logs syncBuffer
-	f := newTestFirewall(t, FirewallConfig{Mode: RedirectBPF, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	reg := prometheus.NewRegistry()
+	f := newTestFirewall(t, FirewallConfig{Mode: RedirectBPF, Metrics: reg, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	sb := api.Sandbox{Network: "n", ContainerID: "abc", IfName: "eth0", HostVeth: "pdwatch0"}
 	if err := f.AddSandbox(sb); err != nil {
 		t.Fatal(err)
@@ -267,6 +273,49 @@ func TestFirewallWatchRestores(t *testing.T) {
 		if !strings.Contains(logs.String(), `"level":"ERROR"`) {
 			t.Errorf("restore alert is not at level ERROR:\n%s", logs.String())
 		}
+	}
+	if n := gatheredCounter(t, reg, "paddock_nft_restores_total", nil); n != 3 {
+		t.Errorf("paddock_nft_restores_total = %v, want 3", n)
+	}
+}
+
+// A restarted paddockd replaces the table but keeps enforcing the sandboxes
+// the old one had until it has reconciled.
+func TestFirewallRestartKeepsSets(t *testing.T) {
+	if nftInNodeNetns(t) {
+		return
+	}
+	for _, mode := range []RedirectMode{RedirectBPF, RedirectNftables} {
+		cfg := FirewallConfig{Mode: mode, NFLOGGroup: 100,
+			TCPListen: netip.MustParseAddrPort("127.0.0.1:15001"), DNSListen: netip.MustParseAddrPort("127.0.0.1:15053")}
+		sb := api.Sandbox{Network: "n", ContainerID: "abc", IfName: "eth0", HostVeth: "pdkeep0",
+			SandboxMAC: "02:00:00:00:00:01", IPs: []netip.Prefix{netip.MustParsePrefix("10.9.0.2/16")}}
+		f1 := newTestFirewall(t, cfg)
+		if err := f1.AddSandbox(sb); err != nil {
+			t.Fatal(err)
+		}
+		f2 := newTestFirewall(t, cfg)
+		if err := f2.CheckSandbox(sb); err != nil {
+			t.Errorf("mode %s: after restart: %v", mode, err)
+		}
+		if p := f2.verify(); p != "" {
+			t.Errorf("mode %s: restarted table looks damaged to Watch: %s", mode, p)
+		}
+		moved := sb
+		moved.IPs = []netip.Prefix{netip.MustParsePrefix("10.9.0.3/16")}
+		if err := f2.AddSandbox(moved); err != nil {
+			t.Errorf("mode %s: re-adding an inherited sandbox: %v", mode, err)
+		}
+		if err := f2.Sync(nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := f2.CheckSandbox(sb); err == nil {
+			t.Errorf("mode %s: Sync(nil) left the inherited sandbox in place", mode)
+		}
+		if rs, _ := f2.Ruleset(); strings.Contains(rs, "pdkeep0") {
+			t.Errorf("mode %s: stale elements after Sync(nil):\n%s", mode, rs)
+		}
+		f2.Delete()
 	}
 }
 

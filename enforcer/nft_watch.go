@@ -67,8 +67,8 @@ func (f *Firewall) verify() string {
 	if err != nil {
 		return "set " + setIfs + ": " + err.Error()
 	}
-	if len(elems) != len(f.sbs) {
-		return fmt.Sprintf("set %s holds %d interfaces instead of %d", setIfs, len(elems), len(f.sbs))
+	if want := len(f.sbs) + len(f.inherited[setIfs]); len(elems) != want {
+		return fmt.Sprintf("set %s holds %d interfaces instead of %d", setIfs, len(elems), want)
 	}
 	return ""
 }
