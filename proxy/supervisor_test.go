@@ -40,19 +40,22 @@ func TestParseUser(t *testing.T) {
 	}
 }
 
-func procUID(t *testing.T, pid int) string {
+// procStatus returns the first value of a /proc/PID/status field.
+func procStatus(t *testing.T, pid int, field string) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "Uid:") {
+		if strings.HasPrefix(l, field+":") {
 			return strings.Fields(l)[1]
 		}
 	}
-	t.Fatal("no Uid line")
+	t.Fatalf("no %s line", field)
 	return ""
 }
+
+func procUID(t *testing.T, pid int) string { return procStatus(t, pid, "Uid") }
 
 func TestSupervisorRunsChildUnprivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -130,6 +133,12 @@ func TestSupervisorRunsChildUnprivileged(t *testing.T) {
 	if uid := procUID(t, pid); uid != "64000" {
 		t.Fatalf("child uid %s, want 64000", uid)
 	}
+	for _, f := range []string{"CapEff", "CapPrm", "CapAmb"} {
+		if v := procStatus(t, pid, f); strings.Trim(v, "0") != "" {
+			t.Fatalf("child %s = %s, want no capabilities", f, v)
+		}
+	}
+
 	// The child serves the handed-over listener: a plain HTTP request for a
 	// host the policy does not name gets the 403 text.
 	var line string
@@ -149,6 +158,10 @@ func TestSupervisorRunsChildUnprivileged(t *testing.T) {
 	}
 	if !strings.Contains(line, "403") {
 		t.Fatalf("child answered %q, want 403", line)
+	}
+	// Set by the child itself once running (it answered, so it is).
+	if v := procStatus(t, pid, "NoNewPrivs"); v != "1" {
+		t.Fatalf("child NoNewPrivs = %s", v)
 	}
 	fi, err := os.Stat(filepath.Join(caDir, CAKeyFile))
 	if err != nil {
