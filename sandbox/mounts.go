@@ -18,12 +18,14 @@ const (
 	newRoot = "/newroot"
 )
 
-// notBound are top-level rootfs entries replaced by fresh mounts or hidden:
-// kernel views get new instances, and home directories (full of
-// credentials) and runtime state are not shown at all.
-var notBound = map[string]bool{
-	"proc": true, "sys": true, "dev": true, "run": true, "tmp": true,
-	"home": true, "root": true, "mnt": true, "media": true, "lost+found": true,
+// systemDirs are the top-level rootfs entries shown (read-only): programs,
+// libraries and configuration. Everything else at the top (home
+// directories, /srv, /mnt, other projects next to the workspace, data
+// volumes) stays out unless bound with --workspace or --mount, so secrets
+// there need no scan; kernel views and /run, /tmp get fresh mounts.
+var systemDirs = map[string]bool{
+	"bin": true, "sbin": true, "lib": true, "lib32": true, "lib64": true, "libx32": true,
+	"usr": true, "etc": true, "opt": true, "var": true, "nix": true, "snap": true,
 }
 
 // Paths under /proc a process must not write or read (Docker's list).
@@ -116,7 +118,7 @@ func buildRoot(s *initSpec, logf func(string, ...any)) error {
 	if err := bindRootFS(s.RootFS); err != nil {
 		return err
 	}
-	logf("root: %s read-only (nosuid, nodev); fresh /proc, /sys (read-only), /dev, /run; /home, /root, /mnt, /media empty", s.RootFS)
+	logf("root: %s's system directories read-only (nosuid, nodev); fresh /proc, /sys (read-only), /dev, /run; nothing else of it", s.RootFS)
 	for _, h := range s.Hidden {
 		dst := newRoot + h
 		if st, err := os.Stat(dst); err == nil && st.IsDir() {
@@ -196,7 +198,7 @@ func bindRootFS(rootfs string) error {
 	}
 	for _, e := range ents {
 		name := e.Name()
-		if notBound[name] {
+		if !systemDirs[name] {
 			continue
 		}
 		s, d := filepath.Join(src, name), filepath.Join(newRoot, name)

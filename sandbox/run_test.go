@@ -135,6 +135,12 @@ func TestConfinementInside(t *testing.T) {
 func TestFilesystem(t *testing.T) {
 	e := newEnv(t)
 	e.write("file.txt", "data\n")
+	// A top-level directory of the host that is not a system directory.
+	other, err := os.MkdirTemp("/", "paddock-test-other-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(other) })
 	cases := []struct {
 		name, script string
 		flags        []string
@@ -153,6 +159,8 @@ func TestFilesystem(t *testing.T) {
 		{"bpffs hidden", `test -z "$(ls -A /sys/fs/bpf 2>/dev/null)"`, nil, true},
 		{"dev minimal", `test "$(ls /dev | sort | tr '\n' ' ')" = "core fd full null ptmx pts random shm stderr stdin stdout tty urandom zero "`, nil, true},
 		{"dev null writable", `echo x > /dev/null`, nil, true},
+		{"non-system top-level dirs hidden", `test ! -e ` + other, nil, true},
+		{"home dirs hidden", `test -z "$(ls -A /home)"`, nil, true},
 		{"host pids invisible", `test "$(ls -d /proc/[0-9]* | wc -l)" -lt 10`, nil, true},
 	}
 	for _, c := range cases {
