@@ -106,6 +106,26 @@ func (b *bpfRedirect) adoptPinnedLinks() error {
 	return nil
 }
 
+// removeBPFLinks detaches every tcx link pinned under dir: switching to
+// nftables mode must not leave the old redirect in front of TPROXY, where it
+// would deny everything for want of listeners in its map.
+func removeBPFLinks(dir string) error {
+	links := filepath.Join(dir, "links")
+	ents, err := os.ReadDir(links)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read pinned links: %w", err)
+	}
+	for _, e := range ents {
+		if err := os.Remove(filepath.Join(links, e.Name())); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("remove pinned link %s: %w", e.Name(), err)
+		}
+	}
+	return nil
+}
+
 // setListener puts a listening socket into its paddock_lsn slot.
 func (b *bpfRedirect) setListener(slot uint32, c syscall.Conn) error {
 	rc, err := c.SyscallConn()

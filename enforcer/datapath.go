@@ -97,6 +97,11 @@ func New(ctx context.Context, o Options) (_ *Datapath, err error) {
 	if d.ls, err = listenTransparent(ctx, o.TCPListen, o.DNSListen); err != nil {
 		return nil, err
 	}
+	if o.Mode == RedirectNftables {
+		if err := removeBPFLinks(o.BPFFSDir); err != nil {
+			return nil, err
+		}
+	}
 	if o.Mode == RedirectBPF {
 		if d.bpf, err = loadBPF(o.BPFFSDir); err != nil {
 			return nil, err

@@ -350,6 +350,33 @@ func testPinnedRestart(t *testing.T, d *Datapath, dir string, w *nftWorld) {
 	if err := d2.Check(context.Background(), w.sb); err == nil {
 		t.Error("check passes after detach")
 	}
+
+	// Switching to nftables mode removes the pinned redirect; TPROXY serves.
+	if err := d2.Attach(context.Background(), w.sb); err != nil {
+		t.Fatalf("attach before mode switch: %v", err)
+	}
+	d2.Close()
+	d3, _ := startDatapath(t, RedirectNftables, dir, DefaultDNSListen, w)
+	defer d3.Close()
+	if ids := attachedIDs(t, w.sb.HostIfIndex); len(ids) != 0 {
+		t.Fatalf("tcx ingress still has %v in nftables mode", ids)
+	}
+	if err := d3.Reconcile(context.Background(), []api.Sandbox{w.sb}); err != nil {
+		t.Fatalf("reconcile in nftables mode: %v", err)
+	}
+	go func() {
+		ln := d3.Listeners().TCP
+		_ = ln.SetDeadline(time.Now().Add(5 * time.Second))
+		if c, err := ln.Accept(); err == nil {
+			buf := make([]byte, 5)
+			_, _ = io.ReadFull(c, buf)
+			_, _ = c.Write([]byte("pong\n"))
+			c.Close()
+		}
+	}()
+	if err := dialFromSandbox(t, w, "192.0.2.77:443"); err != nil {
+		t.Fatalf("dial after switching to nftables mode: %v", err)
+	}
 }
 
 // testBlackholeWithoutNft: with table inet paddock deleted (the watcher
