@@ -290,7 +290,11 @@ func buildSpec(o *Options, runDir string, filter *SeccompFilter) (*initSpec, err
 	}
 	env = append(env, "LANG="+lang)
 	if o.CABundle != "" {
-		s.Binds = append(s.Binds, bindSpec{Src: o.CABundle, Dst: caInside, File: true})
+		src, err := trustBundle(o.CABundle, o.RootFS, runDir)
+		if err != nil {
+			return nil, err
+		}
+		s.Binds = append(s.Binds, bindSpec{Src: src, Dst: caInside, File: true})
 		for _, v := range caVars {
 			env = append(env, v+"="+caInside)
 		}
@@ -380,4 +384,38 @@ func tasksOf(uid int) int {
 		}
 	}
 	return n
+}
+
+// systemBundles are where Debian/Alpine, Fedora/RHEL and SUSE keep the roots.
+var systemBundles = []string{"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/ca-bundle.pem"}
+
+// trustBundle returns a file that trusts both the proxy's CA and the public
+// roots: the trust variables replace a tool's roots, and passthrough
+// destinations present public certificates. A file holding one certificate
+// (the bare CA) is joined with the rootfs's system bundle.
+func trustBundle(ca, rootfs, runDir string) (string, error) {
+	b, err := os.ReadFile(ca)
+	if err != nil {
+		return "", fmt.Errorf("ca bundle: %w", err)
+	}
+	n := strings.Count(string(b), "-----BEGIN CERTIFICATE-----")
+	if n == 0 {
+		return "", fmt.Errorf("ca bundle %s holds no PEM certificate: pass the file `paddock ca bundle` writes", ca)
+	}
+	if n > 1 {
+		return ca, nil
+	}
+	for _, sys := range systemBundles {
+		roots, err := os.ReadFile(filepath.Join(rootfs, sys))
+		if err != nil {
+			continue
+		}
+		out := filepath.Join(runDir, "ca-bundle.pem")
+		joined := append(append(append([]byte{}, b...), '\n'), roots...)
+		if err := os.WriteFile(out, joined, 0o644); err != nil {
+			return "", fmt.Errorf("ca bundle: %w", err)
+		}
+		return out, nil
+	}
+	return ca, nil
 }

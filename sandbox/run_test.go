@@ -304,9 +304,13 @@ func TestCABundle(t *testing.T) {
 	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := e.run([]string{"--ca-bundle", ca}, `for v in SSL_CERT_FILE NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE CURL_CA_BUNDLE GIT_SSL_CAINFO PIP_CERT; do eval f=\$$v; grep -q BEGIN "$f" || { echo "$v unusable"; exit 1; }; done`)
+	r := e.run([]string{"--ca-bundle", ca}, `for v in SSL_CERT_FILE NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE CURL_CA_BUNDLE GIT_SSL_CAINFO PIP_CERT; do eval f=\$$v; grep -q fake "$f" || { echo "$v unusable"; exit 1; }; done; grep -c BEGIN "$SSL_CERT_FILE"`)
 	if r.code != 0 {
 		t.Errorf("CA bundle not usable through the trust variables: %s %s", r.stdout, r.stderr)
+	}
+	// The bare CA was joined with the system roots (passthrough sites).
+	if _, err := os.Stat("/etc/ssl/certs/ca-certificates.crt"); err == nil && strings.TrimSpace(r.stdout) == "1" {
+		t.Errorf("bare CA not joined with the system roots")
 	}
 }
 
