@@ -10,6 +10,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -173,20 +175,7 @@ func TestUnitCapabilities(t *testing.T) {
 		t.Fatalf("unit capabilities %v, want %v: update this test and the DaemonSet with the reason", caps, want)
 	}
 
-	suffix := make([]byte, 3)
-	rand.Read(suffix)
-	ns := "pdk-caps-" + hex.EncodeToString(suffix)
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	ip("netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	ip("-n", ns, "link", "set", "lo", "up")
-	ip("-n", ns, "link", "add", "pdkc0", "type", "veth", "peer", "name", "pdkc1")
-
+	ns := helperNetns(t)
 	run := func(set []string) map[string]string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -195,28 +184,7 @@ func TestUnitCapabilities(t *testing.T) {
 		for _, c := range set {
 			bounding += ",+" + c
 		}
-		self, err := os.Executable()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns,
-			"setpriv", "--bounding-set", bounding, "--inh-caps", "-all", "--no-new-privs", "--", self)
-		cmd.Env = append(os.Environ(), helperEnv+"=pdkc0")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("helper with %v: %v\n%s", set, err, out)
-		}
-		for _, line := range strings.Split(string(out), "\n") {
-			if j, ok := strings.CutPrefix(line, "CAPS "); ok {
-				res := map[string]string{}
-				if err := json.Unmarshal([]byte(j), &res); err != nil {
-					t.Fatal(err)
-				}
-				return res
-			}
-		}
-		t.Fatalf("helper printed no result:\n%s", out)
-		return nil
+		return runHelper(t, ctx, ns, "setpriv", "--bounding-set", bounding, "--inh-caps", "-all", "--no-new-privs", "--")
 	}
 
 	all := run(caps)
@@ -251,5 +219,141 @@ func TestUnitCapabilities(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// helperNetns is a fresh network namespace with lo up and a veth pair
+// (pdkc0, pdkc1) for the helper to attach to; removed at cleanup.
+func helperNetns(t *testing.T) string {
+	t.Helper()
+	suffix := make([]byte, 3)
+	rand.Read(suffix)
+	ns := "pdk-caps-" + hex.EncodeToString(suffix)
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	ip("-n", ns, "link", "set", "lo", "up")
+	ip("-n", ns, "link", "add", "pdkc0", "type", "veth", "peer", "name", "pdkc1")
+	return ns
+}
+
+// runHelper runs this binary in helper mode inside ns, behind wrapper (a
+// command and its arguments), and returns the helper's step results.
+func runHelper(t *testing.T, ctx context.Context, ns string, wrapper ...string) map[string]string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append(append([]string{"netns", "exec", ns}, wrapper...), self)
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd.Env = append(os.Environ(), helperEnv+"=pdkc0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper under %v: %v\n%s", wrapper, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if j, ok := strings.CutPrefix(line, "CAPS "); ok {
+			res := map[string]string{}
+			if err := json.Unmarshal([]byte(j), &res); err != nil {
+				t.Fatal(err)
+			}
+			return res
+		}
+	}
+	t.Fatalf("helper printed no result:\n%s", out)
+	return nil
+}
+
+// unitSyscalls is every system call the unit's SystemCallFilter= allows,
+// with its @groups expanded by systemd-analyze.
+func unitSyscalls(t *testing.T) map[string]bool {
+	t.Helper()
+	unit, err := os.ReadFile("systemd/paddockd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var filter []string
+	for _, line := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(line, "SystemCallFilter="); ok {
+			if strings.HasPrefix(v, "~") {
+				t.Fatalf("deny lists are not handled here: %s", line)
+			}
+			filter = append(filter, strings.Fields(v)...)
+		}
+	}
+	allowed := map[string]bool{}
+	var expand func(string)
+	expand = func(name string) {
+		if !strings.HasPrefix(name, "@") {
+			allowed[name] = true
+			return
+		}
+		out, err := exec.Command("systemd-analyze", "syscall-filter", name).Output()
+		if err != nil {
+			t.Fatalf("systemd-analyze syscall-filter %s: %v", name, err)
+		}
+		for _, l := range strings.Split(string(out), "\n")[1:] {
+			l = strings.TrimSpace(l)
+			if l != "" && !strings.HasPrefix(l, "#") {
+				expand(l)
+			}
+		}
+	}
+	for _, f := range filter {
+		expand(f)
+	}
+	return allowed
+}
+
+// TestUnitSyscallFilter traces the helper's privileged operations (and the
+// child it starts) and checks that the unit's SystemCallFilter= allows every
+// system call they make.
+func TestUnitSyscallFilter(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: runs the helper in a network namespace")
+	}
+	for _, tool := range []string{"ip", "strace", "systemd-analyze", "sleep"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed", tool)
+		}
+	}
+	allowed := unitSyscalls(t)
+	if !allowed["bpf"] || !allowed["setsockopt"] || len(allowed) < 100 {
+		t.Fatalf("expanded SystemCallFilter looks wrong (%d calls)", len(allowed))
+	}
+	ns := helperNetns(t)
+	trace := filepath.Join(t.TempDir(), "strace")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res := runHelper(t, ctx, ns, "strace", "-f", "-qq", "-o", trace)
+	for step, err := range res {
+		if err != "" {
+			t.Fatalf("under strace, %s fails: %s", step, err)
+		}
+	}
+	data, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	call := regexp.MustCompile(`^\d+\s+([a-z0-9_]+)\(`)
+	for _, line := range strings.Split(string(data), "\n") {
+		if m := call.FindStringSubmatch(line); m != nil {
+			used[m[1]] = true
+		}
+	}
+	if len(used) < 20 {
+		t.Fatalf("trace holds only %d distinct calls: %v", len(used), used)
+	}
+	for c := range used {
+		if !allowed[c] {
+			t.Errorf("paddockd's operations call %s, which SystemCallFilter= does not allow", c)
+		}
 	}
 }
