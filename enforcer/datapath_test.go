@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -351,6 +352,15 @@ func testPinnedRestart(t *testing.T, d *Datapath, dir string, w *nftWorld) {
 		t.Error("check passes after detach")
 	}
 
+	// Three starts in this netns: the routing is there once, not thrice.
+	rules := nftRun(t, "ip", "rule", "show")
+	if n := strings.Count(rules, "fwmark 0xd0c0001 lookup"); n != 1 {
+		t.Errorf("redirect rule present %d times:\n%s", n, rules)
+	}
+	if n := strings.Count(rules, "blackhole"); n != 1 {
+		t.Errorf("blackhole rule present %d times:\n%s", n, rules)
+	}
+
 	// Switching to nftables mode removes the pinned redirect; TPROXY serves.
 	if err := d2.Attach(context.Background(), w.sb); err != nil {
 		t.Fatalf("attach before mode switch: %v", err)
@@ -433,5 +443,33 @@ func checkBPFMetrics(t *testing.T, reg *prometheus.Registry) {
 		if seen[r] == 0 {
 			t.Errorf("paddock_bpf_packets_total{reason=%q} is 0; seen %v", r, seen)
 		}
+	}
+}
+
+func TestOptionsRejectBadInput(t *testing.T) {
+	o := Options{Mode: "iptables"}
+	if err := o.defaults(); err == nil || !strings.Contains(err.Error(), `"iptables"`) {
+		t.Errorf("mode iptables: %v", err)
+	}
+	if _, err := New(context.Background(), Options{Mode: "ebpf"}); err == nil {
+		t.Error("New accepted redirect mode ebpf")
+	}
+	for _, sb := range []api.Sandbox{
+		{ContainerID: "c1", HostVeth: "", HostIfIndex: 3},
+		{ContainerID: "c1", HostVeth: "../x", HostIfIndex: 3},
+		{ContainerID: "c1", HostVeth: "veth1", HostIfIndex: 0},
+		{ContainerID: "c1", HostVeth: "veth1", HostIfIndex: 3, SandboxMAC: "02:00:00:00:00:01",
+			IPs: []netip.Prefix{netip.MustParsePrefix("2001:db8::2/64")}, Gateway: netip.MustParseAddr("10.0.0.1")},
+		{ContainerID: "c1", HostVeth: "veth1", HostIfIndex: 3, SandboxMAC: "02:00:00:00:00:01",
+			IPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/24")}},
+		{ContainerID: "c1", HostVeth: "veth1", HostIfIndex: 3, SandboxMAC: "zz",
+			IPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/24")}, Gateway: netip.MustParseAddr("10.0.0.1")},
+	} {
+		if err := validateSandbox(sb); err == nil {
+			t.Errorf("sandbox %+v accepted", sb)
+		}
+	}
+	if _, err := listenTransparent(context.Background(), netip.MustParseAddrPort("[::1]:15001"), DefaultDNSListen); err == nil {
+		t.Error("IPv6 listen address accepted")
 	}
 }
