@@ -70,7 +70,11 @@ func Install(o Options) (Change, error) {
 	if err != nil {
 		return Change{}, err
 	}
-	data, mode, err := readFile(path)
+	target, err := resolve(path)
+	if err != nil {
+		return Change{}, err
+	}
+	data, mode, err := readFile(target)
 	if err != nil {
 		return Change{}, err
 	}
@@ -94,7 +98,7 @@ func Install(o Options) (Change, error) {
 			return Change{}, err
 		}
 	}
-	if err := writeAtomic(path, out, mode, path); err != nil {
+	if err := writeAtomic(target, out, mode, target); err != nil {
 		if c.Backup != "" {
 			os.Remove(c.Backup)
 		}
@@ -172,7 +176,11 @@ func Uninstall(confDir, chain string) (Change, error) {
 	if err != nil {
 		return Change{}, err
 	}
-	data, mode, err := readFile(path)
+	target, err := resolve(path)
+	if err != nil {
+		return Change{}, err
+	}
+	data, mode, err := readFile(target)
 	if err != nil {
 		return Change{}, err
 	}
@@ -192,7 +200,7 @@ func Uninstall(confDir, chain string) (Change, error) {
 		if same {
 			out, c.Action = orig, Restored
 		}
-		if err := writeAtomic(path, out, mode, path); err != nil {
+		if err := writeAtomic(target, out, mode, target); err != nil {
 			return Change{}, err
 		}
 	}
@@ -240,6 +248,16 @@ func Find(confDir, network string) (string, error) {
 		return "", fmt.Errorf("no network %q in %s: the directory holds no CNI configuration; start the runtime once so it writes its default, or install standalone (leave out --chain)", network, confDir)
 	}
 	return "", fmt.Errorf("no network %q in %s: it holds %v; pass one of those names to --chain", network, confDir, names)
+}
+
+// resolve follows a symlinked conflist to the file it names, so that the
+// atomic rename replaces that file and the link stays a link.
+func resolve(path string) (string, error) {
+	target, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("resolve %s: %w", path, err)
+	}
+	return target, nil
 }
 
 func sameJSON(a, b []byte) bool {

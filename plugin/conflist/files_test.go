@@ -206,3 +206,35 @@ func TestInstallRefusals(t *testing.T) {
 		t.Error("empty conf dir accepted")
 	}
 }
+
+// A conflist that is a symlink (configuration management often links it in)
+// stays a symlink; the file it names is edited.
+func TestInstallThroughSymlink(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	real := filepath.Join(elsewhere, "podman.conflist")
+	if err := os.WriteFile(real, readFixture(t, "87-podman-bridge.conflist"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "87-podman-bridge.conflist")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Install(Options{ConfDir: dir, Chain: "podman", Entry: entry}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the conflist is no longer a symlink: %v", err)
+	}
+	if has, _ := HasEntry(readFile2(t, real)); !has {
+		t.Error("the linked file was not chained")
+	}
+	if _, err := Uninstall(dir, "podman"); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readFile2(t, real), readFixture(t, "87-podman-bridge.conflist")) {
+		t.Error("uninstall did not restore the linked file")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("conf dir holds %d entries after uninstall, want the link only", len(ents))
+	}
+}
