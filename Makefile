@@ -18,6 +18,8 @@ build:
 	$(GO) build -o $(BIN)/paddock ./cmd/paddock
 	$(GO) build -o $(BIN)/cni/paddock ./cmd/paddock-cni
 	$(GO) build -o $(BIN)/cni/host-local $(CNI_PLUGINS)/ipam/host-local
+	$(GO) build -o $(BIN)/cni/ptp $(CNI_PLUGINS)/main/ptp
+	$(GO) build -o $(BIN)/cni/bridge $(CNI_PLUGINS)/main/bridge
 	$(GO) build -o $(BIN)/cnitool github.com/containernetworking/cni/cnitool
 
 # Regenerate the eBPF objects with Debian's clang (apt-get install clang llvm libbpf-dev).

@@ -37,8 +37,18 @@ type NetConf struct {
 	Policy string `json:"policy,omitempty"`
 	// DaemonSocket is paddockd's API socket.
 	DaemonSocket string `json:"daemonSocket,omitempty"`
-	// MTU of both ends of the veth pair; 0 means DefaultMTU.
+	// MTU of both ends of the veth pair; 0 means DefaultMTU. Standalone
+	// mode only: chained, the primary plugin sets the MTU.
 	MTU int `json:"mtu,omitempty"`
+	// AllowedPolicies lists which policies sandboxes of which namespaces
+	// may request instead of their operator-chosen one.
+	AllowedPolicies []PolicyGrant `json:"allowedPolicies,omitempty"`
+	// PolicySelectors choose a policy by pod namespace and name; the
+	// first match wins over Policy.
+	PolicySelectors []PolicySelector `json:"policySelectors,omitempty"`
+	// RuntimeConfig carries the pod annotations a runtime passes when the
+	// plugin declares the io.kubernetes.cri.pod-annotations capability.
+	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 
 	// validAttachments is cni.dev/valid-attachments (or its misspelt 1.1.0
 	// alias cni.dev/attachments) as given to GC; nil when the runtime
@@ -119,18 +129,42 @@ func (c *NetConf) validate(stdin []byte) *types.Error {
 	if c.MTU < minMTU || c.MTU > maxMTU {
 		return invalidConfig("mtu %d is out of range: use %d..%d, or 0 for %d", c.MTU, minMTU, maxMTU, DefaultMTU)
 	}
+	if err := c.validatePolicies(); err != nil {
+		return err
+	}
 	var raw struct {
 		IPAM json.RawMessage `json:"ipam"`
 	}
 	_ = json.Unmarshal(stdin, &raw) // already decoded once above
+	// Without ipam the plugin runs chained (see checkMode); whether that
+	// fits the verb's input is decided there, not here, because DEL, GC
+	// and STATUS of a chained network carry no prevResult to tell.
 	if len(raw.IPAM) == 0 || string(raw.IPAM) == "null" {
-		return invalidConfig("ipam is missing: add an \"ipam\" section, e.g. {\"type\": \"host-local\", \"ranges\": [[{\"subnet\": \"10.208.0.0/16\"}]]}")
+		return nil
 	}
 	if c.IPAM.Type == "" {
 		return invalidConfig("ipam %s has no type: name the IPAM plugin, e.g. \"type\": \"host-local\"", string(raw.IPAM))
 	}
 	if strings.ContainsAny(c.IPAM.Type, "/\\") {
 		return invalidConfig("ipam type %q is not a plugin name: give the binary's name in CNI_PATH, e.g. \"host-local\"", c.IPAM.Type)
+	}
+	return nil
+}
+
+// chained reports whether this network runs paddock after a primary plugin:
+// it then has no ipam section of its own.
+func (c *NetConf) chained() bool { return c.IPAM.Type == "" }
+
+// checkMode matches an ADD's input to the network's mode: standalone needs
+// ipam and no prevResult; chained (after a primary plugin, with prevResult)
+// must not have ipam, since the primary owns the addresses and paddock
+// would otherwise allocate and release a second lease.
+func (c *NetConf) checkMode() *types.Error {
+	switch {
+	case c.PrevResult == nil && c.chained():
+		return invalidConfig("ipam is missing: standalone paddock allocates addresses itself, so add an \"ipam\" section, e.g. {\"type\": \"host-local\", \"ranges\": [[{\"subnet\": \"10.208.0.0/16\"}]]}; or list paddock after a primary plugin (ptp) in the conflist")
+	case c.PrevResult != nil && !c.chained():
+		return invalidConfig("network %q runs paddock after another plugin (there is a prevResult) but paddock's entry has an ipam section: remove it, the primary plugin allocates the addresses", c.Name)
 	}
 	return nil
 }

@@ -55,8 +55,6 @@ func TestParseConfigInvalid(t *testing.T) {
 		code         uint
 		mentions     []string
 	}{
-		{"ipam missing", `"policy": "x"`, 7, []string{"ipam", "missing"}},
-		{"ipam null", `"ipam": null`, 7, []string{"ipam", "missing"}},
 		{"ipam not an object", `"ipam": "host-local"`, 7, []string{"ipam", `"host-local"`}},
 		{"ipam without type", `"ipam": {"ranges": []}`, 7, []string{"ipam", "type", `"ranges"`}},
 		{"ipam type with slash", `"ipam": {"type": "../evil"}`, 7, []string{"ipam type", "../evil"}},
@@ -69,6 +67,11 @@ func TestParseConfigInvalid(t *testing.T) {
 		{"policy too long", goodIPAM + `, "policy": "` + strings.Repeat("a", 64) + `"`, 7, []string{"policy", strings.Repeat("a", 64)}},
 		{"policy not a string", goodIPAM + `, "policy": 3`, 7, []string{"policy", "3"}},
 		{"daemonSocket relative", goodIPAM + `, "daemonSocket": "paddockd.sock"`, 7, []string{"daemonSocket", "paddockd.sock"}},
+		{"grant without policies", goodIPAM + `, "allowedPolicies": [{"namespaces": ["a"]}]`, 7, []string{"allowedPolicies[0]", "policies"}},
+		{"grant with bad policy", goodIPAM + `, "allowedPolicies": [{"namespaces": ["a"], "policies": ["Web"]}]`, 7, []string{"allowedPolicies[0]", `"Web"`}},
+		{"grant with bad pattern", goodIPAM + `, "allowedPolicies": [{"namespaces": ["team-["], "policies": ["web"]}]`, 7, []string{"allowedPolicies[0]", `"team-["`}},
+		{"selector matching everything", goodIPAM + `, "policySelectors": [{"policy": "ci"}]`, 7, []string{"policySelectors[0]", "every sandbox"}},
+		{"selector with bad policy", goodIPAM + `, "policySelectors": [{"namespace": "ci", "policy": "../ci"}]`, 7, []string{"policySelectors[0]", `"../ci"`}},
 		{"valid-attachments not a list", goodIPAM + `, "cni.dev/valid-attachments": "all"`, 7, []string{"cni.dev/valid-attachments"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,6 +90,35 @@ func TestParseConfigInvalid(t *testing.T) {
 			}
 			if e.Msg != strings.ToLower(e.Msg[:1])+e.Msg[1:] {
 				t.Errorf("message %q does not start lowercase", e.Msg)
+			}
+		})
+	}
+}
+
+// TestCheckMode: standalone needs ipam, chained (prevResult) must not have it.
+func TestCheckMode(t *testing.T) {
+	prev := `"prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}], "ips": [{"address": "10.9.0.2/24", "gateway": "10.9.0.1", "interface": 0}]}`
+	for _, tc := range []struct {
+		name, fields string
+		want         string // "" for no error
+	}{
+		{"standalone", goodIPAM, ""},
+		{"chained", prev, ""},
+		{"no ipam, no prevResult", `"policy": "x"`, "ipam is missing"},
+		{"ipam null, no prevResult", `"ipam": null`, "ipam is missing"},
+		{"ipam and prevResult", goodIPAM + ", " + prev, "remove it"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseConfig(conf(tc.fields))
+			if err != nil {
+				t.Fatal(err)
+			}
+			merr := c.checkMode()
+			switch {
+			case tc.want == "" && merr != nil:
+				t.Fatalf("checkMode: %v", merr)
+			case tc.want != "" && (merr == nil || merr.Code != 7 || !strings.Contains(merr.Msg, tc.want)):
+				t.Fatalf("checkMode = %v, want code 7 mentioning %q", merr, tc.want)
 			}
 		})
 	}

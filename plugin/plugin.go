@@ -51,16 +51,19 @@ func keyOf(conf *NetConf, args *skel.CmdArgs) api.Key {
 	return api.Key{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
 }
 
-// Add is CNI ADD in standalone mode: veth pair, delegated IPAM, the
-// point-to-point layout, and registration with paddockd. Every failure undoes
-// what was done, so no sandbox comes up without enforcement.
+// Add is CNI ADD. Standalone (no prevResult) it creates the veth pair with
+// delegated IPAM and the point-to-point layout; chained (after a primary
+// plugin) it finds the node end of the primary's veth. Either way it then
+// registers the sandbox with paddockd under the policy choosePolicy picked.
+// Every failure undoes what paddock did, so no sandbox comes up without
+// enforcement.
 func Add(args *skel.CmdArgs) (err error) {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
-	if conf.PrevResult != nil {
-		return invalidConfig("chained mode is not supported yet: network %q has a plugin before paddock; make paddock the first plugin of the list, it creates the interface itself", conf.Name)
+	if err := conf.checkMode(); err != nil {
+		return err
 	}
 	cniArgs, err := parseArgs(args.Args)
 	if err != nil {
@@ -69,6 +72,10 @@ func Add(args *skel.CmdArgs) (err error) {
 	k := keyOf(conf, args)
 	if err := k.Validate(); err != nil {
 		return invalidConfig("attachment %s: %v", k, err)
+	}
+	policy, err := conf.choosePolicy(cniArgs)
+	if err != nil {
+		return err
 	}
 
 	// Reachability first: nothing is created for a sandbox paddockd
@@ -90,6 +97,19 @@ func Add(args *skel.CmdArgs) (err error) {
 		return fmt.Errorf("open netns %q: %w", args.Netns, err)
 	}
 	defer netns.Close()
+
+	sb := api.Sandbox{
+		Network:     k.Network,
+		ContainerID: k.ContainerID,
+		IfName:      k.IfName,
+		Netns:       args.Netns,
+		Policy:      policy,
+		Args:        identity(cniArgs),
+		Created:     time.Now().UTC(),
+	}
+	if conf.PrevResult != nil {
+		return addChained(conf, netns, sb, d)
+	}
 
 	var exists bool
 	if err := netns.Do(func(ns.NetNS) error {
@@ -135,7 +155,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return fmt.Errorf("convert ipam result: %w", err)
 	}
-	gw, err := ipv4Only(conf.IPAM.Type, res)
+	gw, err := ipv4Only("ipam "+conf.IPAM.Type, res)
 	if err != nil {
 		return err
 	}
@@ -153,60 +173,107 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-
-	sb := api.Sandbox{
-		Network:     k.Network,
-		ContainerID: k.ContainerID,
-		IfName:      k.IfName,
-		Netns:       args.Netns,
-		HostVeth:    host.Name,
-		HostIfIndex: host.Index,
-		HostMAC:     host.MAC,
-		SandboxMAC:  res.Interfaces[1].Mac,
-		Gateway:     gw,
-		Policy:      conf.Policy,
-		Args:        cniArgs,
-		Created:     time.Now().UTC(),
-	}
-	for _, ipc := range res.IPs {
-		a, _ := netip.AddrFromSlice(ipc.Address.IP.To4())
-		ones, _ := ipc.Address.Mask.Size()
-		sb.IPs = append(sb.IPs, netip.PrefixFrom(a, ones))
-	}
-	ctx, cancel = call()
-	_, err = d.Register(ctx, sb)
-	cancel()
-	if errors.Is(err, api.ErrUnavailable) {
-		return unreachable(conf.DaemonSocket, err)
-	}
-	if err != nil {
-		return fmt.Errorf("register sandbox %s with paddockd: %w", k, err)
+	sb.HostVeth, sb.HostIfIndex, sb.HostMAC = host.Name, host.Index, host.MAC
+	sb.SandboxMAC = res.Interfaces[1].Mac
+	sb.Gateway = gw
+	sb.IPs = prefixes(res)
+	if err := register(d, conf, sb); err != nil {
+		return err
 	}
 	registered = true
 	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// addChained registers the sandbox whose interface a primary plugin created
+// and returns the primary's result with the DNS guard as its nameserver.
+// paddock creates nothing here, so a failure leaves nothing behind but what
+// the primary made, which the runtime's DEL removes.
+func addChained(conf *NetConf, netns ns.NetNS, sb api.Sandbox, d daemon) (err error) {
+	res, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return fmt.Errorf("convert prevResult: %w", err)
+	}
+	idx, _, err := sandboxInterface(res, sb.IfName, netns.Path())
+	if err != nil {
+		return err
+	}
+	own := interfaceIPs(res, idx)
+	gw, err := ipv4Only("the primary plugin", own)
+	if err != nil {
+		return err
+	}
+	p, err := findPeer(netns, sb.IfName)
+	if err != nil {
+		return err
+	}
+	sb.HostVeth, sb.HostIfIndex, sb.HostMAC = p.host.Name, p.host.Index, p.host.MAC
+	sb.SandboxMAC = p.sandboxMAC
+	sb.Gateway = gw
+	sb.IPs = prefixes(own)
+	if err := register(d, conf, sb); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			ctx, cancel := call()
+			_ = d.Unregister(ctx, sb.Key())
+			cancel()
+		}
+	}()
+	// The DNS guard answers on the gateway address; search domains and
+	// options the primary set still apply.
+	res.DNS.Nameservers = []string{gw.String()}
+	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// prefixes returns the (IPv4, by ipv4Only) addresses of res.
+func prefixes(res *current.Result) []netip.Prefix {
+	var out []netip.Prefix
+	for _, ipc := range res.IPs {
+		a, _ := netip.AddrFromSlice(ipc.Address.IP.To4())
+		ones, _ := ipc.Address.Mask.Size()
+		out = append(out, netip.PrefixFrom(a, ones))
+	}
+	return out
+}
+
+// register hands sb to paddockd, turning its refusals into CNI errors.
+func register(d daemon, conf *NetConf, sb api.Sandbox) error {
+	ctx, cancel := call()
+	_, err := d.Register(ctx, sb)
+	cancel()
+	switch {
+	case errors.Is(err, api.ErrUnavailable):
+		return unreachable(conf.DaemonSocket, err)
+	case errors.Is(err, api.ErrUnknownPolicy):
+		return invalidConfig("policy %q of sandbox %s does not exist on this node (%v): create it in paddockd's policy dir, or choose an existing policy", sb.Policy, sb.Key(), err)
+	case err != nil:
+		return fmt.Errorf("register sandbox %s with paddockd: %w", sb.Key(), err)
+	}
+	return nil
 }
 
 // ipv4Only enforces paddock's IPv4-only choice: the enforcer denies IPv6,
 // so an IPv6 address would only ever be a dead end (or, if anything else
 // routed it, a way around the proxy). It returns the gateway of the single
 // IPv4 address.
-func ipv4Only(ipamType string, res *current.Result) (netip.Addr, error) {
+func ipv4Only(source string, res *current.Result) (netip.Addr, error) {
 	var gw netip.Addr
 	for _, ipc := range res.IPs {
 		if ipc.Address.IP.To4() == nil {
-			return netip.Addr{}, invalidConfig("ipam %s handed out the IPv6 address %s: paddock enforces IPv4 only and the enforcer denies IPv6; configure IPv4 ranges only", ipamType, ipc.Address.String())
+			return netip.Addr{}, invalidConfig("%s handed out the IPv6 address %s: paddock enforces IPv4 only and the enforcer denies IPv6; configure IPv4 ranges only", source, ipc.Address.String())
 		}
 		if gw.IsValid() {
-			return netip.Addr{}, invalidConfig("ipam %s handed out more than one IPv4 address (%s): configure a single IPv4 range", ipamType, ipc.Address.String())
+			return netip.Addr{}, invalidConfig("%s handed out more than one IPv4 address (%s): configure a single IPv4 range", source, ipc.Address.String())
 		}
 		g, ok := netip.AddrFromSlice(ipc.Gateway.To4())
 		if !ok {
-			return netip.Addr{}, invalidConfig("ipam %s gave address %s no gateway: set \"gateway\" in the range (the host veth becomes the gateway)", ipamType, ipc.Address.String())
+			return netip.Addr{}, invalidConfig("%s gave address %s no gateway: set \"gateway\" in the range (the host veth becomes the gateway)", source, ipc.Address.String())
 		}
 		gw = g
 	}
 	if !gw.IsValid() {
-		return netip.Addr{}, fmt.Errorf("ipam %s returned no IP address", ipamType)
+		return netip.Addr{}, fmt.Errorf("%s returned no IP address", source)
 	}
 	return gw, nil
 }
@@ -222,7 +289,8 @@ func hasDefaultRoute(routes []*types.Route) bool {
 
 // Del is CNI DEL: idempotent, and successful when the netns, the link, the
 // lease or the registration is already gone, when CNI_NETNS is empty and
-// when paddockd is down (paddockd reconciles when it is back).
+// when paddockd is down (paddockd reconciles when it is back). Chained, it
+// removes only the registration: the veth and the lease are the primary's.
 func Del(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -232,8 +300,10 @@ func Del(args *skel.CmdArgs) error {
 	var errs []error
 	// The veth goes first: the sandbox loses its network before anything
 	// else is released, and its end goes with the host end.
-	if err := deleteHostVeth(HostVethName(k)); err != nil {
-		errs = append(errs, fmt.Errorf("delete host veth: %w", err))
+	if !conf.chained() {
+		if err := deleteHostVeth(HostVethName(k)); err != nil {
+			errs = append(errs, fmt.Errorf("delete host veth: %w", err))
+		}
 	}
 	ctx, cancel := call()
 	err = dial(conf.DaemonSocket).Unregister(ctx, k)
@@ -241,15 +311,18 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil && !errors.Is(err, api.ErrUnavailable) {
 		errs = append(errs, fmt.Errorf("unregister %s: %w", k, err))
 	}
-	if err := ipam.ExecDel(conf.IPAM.Type, args.StdinData); err != nil {
-		errs = append(errs, fmt.Errorf("ipam %s del: %w", conf.IPAM.Type, err))
+	if !conf.chained() {
+		if err := ipam.ExecDel(conf.IPAM.Type, args.StdinData); err != nil {
+			errs = append(errs, fmt.Errorf("ipam %s del: %w", conf.IPAM.Type, err))
+		}
 	}
 	return errors.Join(errs...)
 }
 
 // Check is CNI CHECK: the sandbox interface still has the prevResult's
-// addresses and routes, the host veth exists, and paddockd still enforces
-// the registration.
+// addresses and routes, its node end exists (standalone: paddock's veth
+// with the gateway addresses; chained: the primary's veth, still the one
+// registered), and paddockd still enforces the registration.
 func Check(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -263,29 +336,37 @@ func Check(args *skel.CmdArgs) error {
 		return fmt.Errorf("convert prevResult: %w", err)
 	}
 	k := keyOf(conf, args)
-	if err := ipam.ExecCheck(conf.IPAM.Type, args.StdinData); err != nil {
-		return fmt.Errorf("ipam %s check: %w", conf.IPAM.Type, err)
-	}
-
-	var sandboxIf *current.Interface
-	for _, i := range res.Interfaces {
-		if i.Name == k.IfName && i.Sandbox != "" {
-			sandboxIf = i
+	if !conf.chained() {
+		if err := ipam.ExecCheck(conf.IPAM.Type, args.StdinData); err != nil {
+			return fmt.Errorf("ipam %s check: %w", conf.IPAM.Type, err)
 		}
 	}
-	if sandboxIf == nil {
-		return fmt.Errorf("prevResult has no interface %q with a sandbox", k.IfName)
+	idx, sandboxIf, err := sandboxInterface(res, k.IfName, args.Netns)
+	if err != nil {
+		return err
 	}
-	if sandboxIf.Sandbox != args.Netns {
-		return fmt.Errorf("interface %q is in netns %s according to prevResult, not in CNI_NETNS %s", k.IfName, sandboxIf.Sandbox, args.Netns)
+	netns, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return fmt.Errorf("open netns %q: %w", args.Netns, err)
 	}
-	if err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
-		return checkSandbox(sandboxIf, res)
+	defer netns.Close()
+	if err := netns.Do(func(ns.NetNS) error {
+		return checkSandbox(sandboxIf, interfaceIPs(res, idx))
 	}); err != nil {
 		return fmt.Errorf("check sandbox netns %s: %w", args.Netns, err)
 	}
-	if err := checkHost(HostVethName(k), res); err != nil {
-		return err
+	var host hostLink
+	if conf.chained() {
+		p, err := findPeer(netns, k.IfName)
+		if err != nil {
+			return err
+		}
+		host = p.host
+	} else {
+		host.Name = HostVethName(k)
+		if err := checkHost(host.Name, res); err != nil {
+			return err
+		}
 	}
 
 	ctx, cancel := call()
@@ -298,6 +379,10 @@ func Check(args *skel.CmdArgs) error {
 		return fmt.Errorf("sandbox %s is not registered with paddockd at %s: DEL and ADD it again", k, conf.DaemonSocket)
 	case err != nil:
 		return fmt.Errorf("get sandbox %s from paddockd: %w", k, err)
+	}
+	if conf.chained() && (st.HostVeth != host.Name || st.HostIfIndex != host.Index) {
+		return fmt.Errorf("sandbox %s is registered on %s (ifindex %d) but its interface's node end is now %s (ifindex %d): DEL and ADD it again",
+			k, st.HostVeth, st.HostIfIndex, host.Name, host.Index)
 	}
 	// An empty Enforced means no enforcer reports on this sandbox yet.
 	if st.Enforced != "ok" && st.Enforced != "" {
@@ -324,6 +409,9 @@ func Status(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrPluginNotAvailable,
 			fmt.Sprintf("paddockd at %s is not ready: %s", conf.DaemonSocket, st.Message), "")
 	}
+	if conf.chained() {
+		return nil
+	}
 	if err := ipam.ExecStatus(conf.IPAM.Type, args.StdinData); err != nil {
 		return fmt.Errorf("ipam %s status: %w", conf.IPAM.Type, err)
 	}
@@ -331,7 +419,8 @@ func Status(args *skel.CmdArgs) error {
 }
 
 // GC is CNI GC: it removes every host veth, registration and IPAM lease of
-// this network whose attachment is not in cni.dev/valid-attachments.
+// this network whose attachment is not in cni.dev/valid-attachments;
+// chained, only registrations (the primary's GC handles the rest).
 //
 // The spec makes that key mandatory and gives no meaning to its absence
 // (cnitool omits it). Reading a missing list as "nothing is valid" would
@@ -354,6 +443,15 @@ func GC(args *skel.CmdArgs) error {
 	}
 
 	var errs []error
+	ctx, cancel := call()
+	resp, err := dial(conf.DaemonSocket).GC(ctx, req)
+	cancel()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("gc registrations in paddockd at %s: %w", conf.DaemonSocket, err))
+	}
+	if conf.chained() {
+		return errors.Join(errs...)
+	}
 	stale := make(map[string]bool)
 	owned, err := ownedVeths(conf.Name)
 	if err != nil {
@@ -363,12 +461,6 @@ func GC(args *skel.CmdArgs) error {
 		if !valid[k] {
 			stale[name] = true
 		}
-	}
-	ctx, cancel := call()
-	resp, err := dial(conf.DaemonSocket).GC(ctx, req)
-	cancel()
-	if err != nil {
-		errs = append(errs, fmt.Errorf("gc registrations in paddockd at %s: %w", conf.DaemonSocket, err))
 	}
 	for _, k := range resp.Removed {
 		if k.Network == conf.Name && !valid[k] {

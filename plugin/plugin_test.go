@@ -387,7 +387,7 @@ func TestAddFailsClosed(t *testing.T) {
 			}
 			w.assertNothingLeft()
 		})
-		t.Run("chained", func(t *testing.T) {
+		t.Run("prevResult with ipam", func(t *testing.T) {
 			w := newWorld(t, v, "")
 			rt := w.sandbox("ctr")
 			stdin := fmt.Sprintf(`{"cniVersion": %q, "name": %q, "type": "paddock", "daemonSocket": %q,
@@ -399,8 +399,9 @@ func TestAddFailsClosed(t *testing.T) {
 					&invoke.Args{Command: "ADD", ContainerID: rt.ContainerID, NetNS: rt.NetNS, IfName: "eth0", Path: cniBins(t)}, nil)
 				return err
 			})
-			if cniCode(err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "chained mode is not supported yet") {
-				t.Fatalf("want code 7 'chained mode is not supported yet', got %v", err)
+			t.Logf("ADD: %v", err)
+			if cniCode(err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "remove it, the primary plugin allocates") {
+				t.Fatalf("want code 7 asking to remove ipam, got %v", err)
 			}
 			w.assertNothingLeft()
 		})

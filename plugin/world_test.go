@@ -36,7 +36,8 @@ var (
 	buildErr  error
 )
 
-// cniBins builds paddock and host-local once per test binary.
+// cniBins builds paddock, host-local and the primaries of the chained
+// tests once per test binary.
 func cniBins(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -47,6 +48,9 @@ func cniBins(t *testing.T) string {
 		for _, b := range [][2]string{
 			{"paddock", "github.com/paddock-sandbox/paddock/cmd/paddock-cni"},
 			{"host-local", "github.com/containernetworking/plugins/plugins/ipam/host-local"},
+			{"ptp", "github.com/containernetworking/plugins/plugins/main/ptp"},
+			{"bridge", "github.com/containernetworking/plugins/plugins/main/bridge"},
+			{"macvlan", "github.com/containernetworking/plugins/plugins/main/macvlan"},
 		} {
 			out, err := exec.Command("go", "build", "-buildvcs=false", "-o", filepath.Join(binDir, b[0]), b[1]).CombinedOutput()
 			if err != nil {
@@ -111,6 +115,9 @@ type fakeDaemon struct {
 	ready       bool
 	enforced    string
 	registerErr error
+	// policies, when set, are the only policy names paddockd knows, as
+	// paddockd knows the files of its policy dir.
+	policies map[string]bool
 }
 
 func (f *fakeDaemon) Register(_ context.Context, sb api.Sandbox) (api.Sandbox, error) {
@@ -118,6 +125,9 @@ func (f *fakeDaemon) Register(_ context.Context, sb api.Sandbox) (api.Sandbox, e
 	defer f.mu.Unlock()
 	if f.registerErr != nil {
 		return api.Sandbox{}, f.registerErr
+	}
+	if f.policies != nil && !f.policies[sb.Policy] {
+		return api.Sandbox{}, fmt.Errorf("%w %q: no %s.yaml in the policy dir", api.ErrUnknownPolicy, sb.Policy, sb.Policy)
 	}
 	f.sandboxes[sb.Key()] = sb
 	return sb, nil

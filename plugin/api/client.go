@@ -16,6 +16,10 @@ import (
 // ErrNotFound is returned when paddockd does not know the sandbox.
 var ErrNotFound = errors.New("sandbox not registered")
 
+// ErrUnknownPolicy is returned by Register when the sandbox names a policy
+// that paddockd has no file for.
+var ErrUnknownPolicy = errors.New("unknown policy")
+
 // ErrUnavailable wraps every failure to reach paddockd at all (socket
 // missing, connection refused, timeout): the caller may try again later.
 var ErrUnavailable = errors.New("paddockd unavailable")
@@ -94,6 +98,16 @@ func keyPath(k Key) string {
 	return "/v1/sandboxes/" + url.PathEscape(k.Network) + "/" + url.PathEscape(k.ContainerID) + "/" + url.PathEscape(k.IfName)
 }
 
+// remoteError is paddockd's own message, classified for errors.Is; the
+// message already names the kind, so it is not repeated.
+type remoteError struct {
+	msg  string
+	kind error
+}
+
+func (e remoteError) Error() string { return e.msg }
+func (e remoteError) Unwrap() error { return e.kind }
+
 // apiError is the body of every non-2xx answer.
 type apiError struct {
 	Error string `json:"error"`
@@ -126,6 +140,11 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if resp.StatusCode == http.StatusNotFound {
 		return ErrNotFound
+	}
+	if resp.StatusCode == http.StatusUnprocessableEntity {
+		var e apiError
+		_ = json.Unmarshal(data, &e)
+		return remoteError{msg: "paddockd: " + e.Error, kind: ErrUnknownPolicy}
 	}
 	if resp.StatusCode/100 != 2 {
 		var e apiError

@@ -79,6 +79,8 @@ func reply(w http.ResponseWriter, v any, err error) {
 	switch {
 	case errors.Is(err, ErrNotFound):
 		writeErr(w, http.StatusNotFound, err)
+	case errors.Is(err, ErrUnknownPolicy):
+		writeErr(w, http.StatusUnprocessableEntity, err)
 	case err != nil:
 		writeErr(w, http.StatusInternalServerError, err)
 	default:
