@@ -60,20 +60,20 @@ func listenTransparent(ctx context.Context, tcp, dnsAddr netip.AddrPort) (Listen
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(ctx, "tcp4", tcp.String())
 	if err != nil {
-		return l, fmt.Errorf("listen tcp %s: %w", tcp, err)
+		return l, fmt.Errorf("listen tcp %s: %w (pick a free address with --tcp-listen)", tcp, err)
 	}
 	l.TCP = ln.(*net.TCPListener)
 	ln, err = lc.Listen(ctx, "tcp4", dnsAddr.String())
 	if err != nil {
 		l.Close()
-		return Listeners{}, fmt.Errorf("listen dns tcp %s: %w", dnsAddr, err)
+		return Listeners{}, fmt.Errorf("listen dns tcp %s: %w (pick a free address with --dns-listen; port 53 lets replies leave from the listener itself)", dnsAddr, err)
 	}
 	l.DNSTCP = ln.(*net.TCPListener)
 	ulc := net.ListenConfig{Control: transparentControl(origdst.EnableOrigDst)}
 	pc, err := ulc.ListenPacket(ctx, "udp4", dnsAddr.String())
 	if err != nil {
 		l.Close()
-		return Listeners{}, fmt.Errorf("listen dns udp %s: %w", dnsAddr, err)
+		return Listeners{}, fmt.Errorf("listen dns udp %s: %w (pick a free address with --dns-listen; port 53 lets replies leave from the listener itself)", dnsAddr, err)
 	}
 	l.DNSUDP = pc.(*net.UDPConn)
 	return l, nil
