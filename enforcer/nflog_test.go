@@ -20,8 +20,9 @@ import (
 )
 
 // startTap runs `tcpdump -i nflog:group` beside the drop logger and
-// returns a function that stops it and reports how many packets it saw.
-func startTap(t *testing.T, group int) func() int {
+// returns a function that waits (bounded) until it has seen want packets,
+// stops it and reports how many it saw.
+func startTap(t *testing.T, group int) func(want int) int {
 	t.Helper()
 	pcap := filepath.Join(t.TempDir(), "tap.pcap")
 	cmd := exec.Command("tcpdump", "-i", fmt.Sprintf("nflog:%d", group), "-n", "-U", "-w", pcap)
@@ -53,17 +54,24 @@ func startTap(t *testing.T, group int) func() int {
 		cmd.Process.Kill()
 		t.Fatal("tcpdump did not start within 5s")
 	}
+	count := func() int {
+		out, _ := exec.Command("tcpdump", "-r", pcap, "-n").Output()
+		return strings.Count(string(out), "\n")
+	}
 	stopped := false
-	stop := func() int {
+	stop := func(want int) int {
+		// tcpdump leaves the kernel's default batching on: up to ~1s.
+		for deadline := time.Now().Add(3 * time.Second); count() < want && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+		}
 		if !stopped {
 			stopped = true
 			cmd.Process.Signal(os.Interrupt)
 			cmd.Wait()
 		}
-		out, _ := exec.Command("tcpdump", "-r", pcap, "-n").Output()
-		return strings.Count(string(out), "\n")
+		return count()
 	}
-	t.Cleanup(func() { stop() })
+	t.Cleanup(func() { stop(0) })
 	return stop
 }
 
@@ -213,7 +221,7 @@ add rule inet paddocktest pre meta l4proto 253 meta mark set %#x`,
 	if !strings.Contains(logs.String(), `"msg":"drop","sandbox":"`+w.sb.ShortID()+`","reason":"udp"`) {
 		t.Errorf("no slog drop event for the udp packet:\n%s", logs.String())
 	}
-	if n := stopTap(); n < len(wants) {
+	if n := stopTap(len(wants)); n < len(wants) {
 		t.Errorf("tcpdump -i nflog:101 captured %d packets, want ≥%d", n, len(wants))
 	}
 	st, err := os.Stat(path)
