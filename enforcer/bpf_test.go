@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -307,5 +308,39 @@ func bpfTestSandbox(veth string, ifindex int) api.Sandbox {
 		Network: "test", ContainerID: "c0ffee" + veth, IfName: "eth0",
 		HostVeth: veth, HostIfIndex: ifindex, SandboxMAC: testSbxMAC.String(),
 		IPs: []netip.Prefix{netip.PrefixFrom(testSbxIP, 24)}, Gateway: testGW,
+	}
+}
+
+// A pinned link whose veth was deleted while paddockd was down is dropped
+// at start instead of failing it.
+func TestAdoptDefunctLinkInNetns(t *testing.T) {
+	if nftInNodeNetns(t) {
+		return
+	}
+	veth := "pdx" + randSuffix()
+	nftRun(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", veth+"p")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", veth).Run() })
+	ifc, err := net.InterfaceByName(veth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(bpffsRoot, "paddock-test-"+randSuffix())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	b, err := loadBPF(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.attach(bpfTestSandbox(veth, ifc.Index)); err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	b.Close()
+	nftRun(t, "ip", "link", "del", veth)
+	b, err = loadBPF(dir)
+	if err != nil {
+		t.Fatalf("load with a defunct pinned link: %v", err)
+	}
+	defer b.Close()
+	if _, err := os.Stat(b.linkPath(veth)); !os.IsNotExist(err) {
+		t.Errorf("defunct link pin kept: %v", err)
 	}
 }
