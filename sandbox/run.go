@@ -361,24 +361,30 @@ func listenProxyBridge(sock string, o Options) (net.Listener, error) {
 	return ln, nil
 }
 
-// tasksOf counts the threads uid runs now, from /proc.
+// tasksOf counts the threads uid runs now. A /proc/PID directory belongs
+// to the process's user, so only those processes' status is read.
 func tasksOf(uid int) int {
-	dirs, _ := filepath.Glob("/proc/[0-9]*/status")
-	want := strconv.Itoa(uid)
+	ents, _ := os.ReadDir("/proc")
 	n := 0
-	for _, d := range dirs {
-		b, err := os.ReadFile(d)
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		fi, err := e.Info()
 		if err != nil {
 			continue
 		}
-		var owner bool
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			switch {
-			case len(f) > 1 && f[0] == "Uid:":
-				owner = f[1] == want
-			case len(f) > 1 && f[0] == "Threads:" && owner:
-				t, _ := strconv.Atoi(f[1])
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != uid {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		if _, rest, ok := strings.Cut(string(b), "\nThreads:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				t, _ := strconv.Atoi(f[0])
 				n += t
 			}
 		}
