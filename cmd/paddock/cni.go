@@ -93,6 +93,15 @@ func cniInstall(args []string, out io.Writer) error {
 		return fmt.Errorf("--subnet %q: want an IPv4 CIDR of /30 or larger, e.g. %s", subnet, conflist.DefaultSubnet)
 	}
 
+	opts := conflist.Options{
+		ConfDir: c.confDir, Chain: c.chain,
+		Entry:  conflist.NewEntry(pol, sock),
+		Subnet: prefix,
+	}
+	// Refuse a bad target before copying anything.
+	if err := conflist.Check(opts); err != nil {
+		return err
+	}
 	// The binary goes first: a runtime must never load a conflist whose
 	// plugin it cannot find.
 	plugin := filepath.Join(c.binDir, conflist.PluginType)
@@ -108,11 +117,7 @@ func cniInstall(args []string, out io.Writer) error {
 		fmt.Fprintf(os.Stderr, "paddock cni install: warning: the standalone conflist uses the host-local IPAM plugin, which is in neither %s nor %v: install your distribution's containernetworking-plugins\n", c.binDir, distroCNIDirs)
 	}
 
-	ch, err := conflist.Install(conflist.Options{
-		ConfDir: c.confDir, Chain: c.chain,
-		Entry:  conflist.NewEntry(pol, sock),
-		Subnet: prefix,
-	})
+	ch, err := conflist.Install(opts)
 	if err != nil {
 		return err
 	}

@@ -60,82 +60,119 @@ const (
 // Install chains paddock onto the network o.Chain, or writes the standalone
 // conflist. It is idempotent, and leaves nothing half-written on error.
 func Install(o Options) (Change, error) {
+	p, err := plan(o)
+	if err != nil {
+		return Change{}, err
+	}
+	return p.apply()
+}
+
+// Check reports the error Install would return before writing anything,
+// so that a caller can refuse bad input before touching anything else.
+func Check(o Options) error {
+	_, err := plan(o)
+	return err
+}
+
+// install is one planned Install: what to write where.
+type install struct {
+	change Change
+	target string      // the file to write (path with symlinks resolved)
+	orig   []byte      // the file as found, for the backup
+	out    []byte      // what to write
+	mode   fs.FileMode // of the file as found
+	mkdir  string      // conf dir to create first, for a standalone file
+}
+
+func plan(o Options) (*install, error) {
 	if o.ConfDir == "" {
-		return Change{}, errors.New("conf dir is empty: give the runtime's CNI config directory, e.g. /etc/cni/net.d")
+		return nil, errors.New("conf dir is empty: give the runtime's CNI config directory, e.g. /etc/cni/net.d")
 	}
 	if o.Chain == "" {
-		return installStandalone(o)
+		return planStandalone(o)
 	}
 	path, err := Find(o.ConfDir, o.Chain)
 	if err != nil {
-		return Change{}, err
+		return nil, err
 	}
 	target, err := resolve(path)
 	if err != nil {
-		return Change{}, err
+		return nil, err
 	}
 	data, mode, err := readFile(target)
 	if err != nil {
-		return Change{}, err
+		return nil, err
 	}
 	had, err := HasEntry(data)
 	if err != nil {
-		return Change{}, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	out, changed, err := Chain(data, o.Entry)
 	if err != nil {
-		return Change{}, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	c := Change{File: path, Action: Unchanged}
-	if !changed {
-		return c, nil
-	}
-	if !had {
-		// The backup is of the file without paddock; an entry that is
-		// only being updated keeps the backup of the first install.
-		c.Backup = path + BackupSuffix
-		if err := writeAtomic(c.Backup, data, mode, path); err != nil {
-			return Change{}, err
+	p := &install{change: Change{File: path, Action: Unchanged}, target: target, orig: data, out: out, mode: mode}
+	if changed {
+		p.change.Action = Chained
+		if !had {
+			// The backup is of the file without paddock; an entry that
+			// is only being updated keeps the backup of the first install.
+			p.change.Backup = path + BackupSuffix
 		}
 	}
-	if err := writeAtomic(target, out, mode, target); err != nil {
-		if c.Backup != "" {
-			os.Remove(c.Backup)
-		}
-		return Change{}, err
-	}
-	c.Action = Chained
-	return c, nil
+	return p, nil
 }
 
-func installStandalone(o Options) (Change, error) {
+func planStandalone(o Options) (*install, error) {
 	subnet := o.Subnet
 	if !subnet.IsValid() {
 		subnet = DefaultSubnet
 	}
 	want, err := Standalone(StandaloneNetwork, o.Entry, subnet)
 	if err != nil {
-		return Change{}, err
-	}
-	if err := os.MkdirAll(o.ConfDir, 0o755); err != nil {
-		return Change{}, fmt.Errorf("create conf dir: %w", err)
+		return nil, err
 	}
 	path := filepath.Join(o.ConfDir, StandaloneFile)
+	p := &install{change: Change{File: path, Action: Written}, target: path, out: want, mode: 0o644, mkdir: o.ConfDir}
 	have, _, err := readFile(path)
 	switch {
 	case err == nil && bytes.Equal(have, want):
-		return Change{File: path, Action: Unchanged}, nil
+		p.change.Action = Unchanged
 	case err == nil:
 		if err := ours(path, have); err != nil {
-			return Change{}, err
+			return nil, err
 		}
 	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *install) apply() (Change, error) {
+	if p.change.Action == Unchanged {
+		return p.change, nil
+	}
+	if p.mkdir != "" {
+		if err := os.MkdirAll(p.mkdir, 0o755); err != nil {
+			return Change{}, fmt.Errorf("create conf dir: %w", err)
+		}
+	}
+	owner := p.target
+	if p.orig == nil {
+		owner = ""
+	}
+	if b := p.change.Backup; b != "" {
+		if err := writeAtomic(b, p.orig, p.mode, owner); err != nil {
+			return Change{}, err
+		}
+	}
+	if err := writeAtomic(p.target, p.out, p.mode, owner); err != nil {
+		if p.change.Backup != "" {
+			os.Remove(p.change.Backup)
+		}
 		return Change{}, err
 	}
-	if err := writeAtomic(path, want, 0o644, ""); err != nil {
-		return Change{}, err
-	}
-	return Change{File: path, Action: Written}, nil
+	return p.change, nil
 }
 
 // ours refuses to touch a standalone file paddock did not write.

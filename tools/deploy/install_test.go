@@ -303,3 +303,49 @@ func setUmask(t *testing.T) {
 	old := syscall.Umask(0o022)
 	t.Cleanup(func() { syscall.Umask(old) })
 }
+
+// TestCNIInstallRefusals runs paddock cni install with bad input: each run
+// fails with a message naming the problem and leaves both directories as
+// they were (no plugin copied, no conflist touched).
+func TestCNIInstallRefusals(t *testing.T) {
+	repo, bin := repoRoot(t), buildBin(t)
+	cli := filepath.Join(bin, "paddock")
+	netd, cniBin := t.TempDir(), t.TempDir()
+	for _, f := range []string{"87-podman-bridge.conflist", "99-single.conf"} {
+		b, err := os.ReadFile(filepath.Join(repo, "plugin/conflist/testdata", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(netd, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := contents(t, netd)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"single-plugin conf", []string{"--chain", "single"}, "99-single.conf"},
+		{"unknown network", []string{"--chain", "nope"}, `no network "nope"`},
+		{"bad policy", []string{"--chain", "podman", "--policy", "Has Spaces"}, `--policy "Has Spaces"`},
+		{"relative socket", []string{"--chain", "podman", "--socket", "run/x.sock"}, "not an absolute path"},
+		{"ipv6 subnet", []string{"--subnet", "2001:db8::/64"}, "--subnet"},
+		{"stray argument", []string{"--chain", "podman", "extra"}, `unexpected argument "extra"`},
+		{"missing plugin", []string{"--chain", "podman", "--copy-binary", filepath.Join(bin, "nonexistent")}, "nonexistent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"cni", "install", "--conf-dir", netd, "--bin-dir", cniBin, "--copy-binary", cli}, tc.args...)
+			out, err := run(t, repo, nil, cli, args...)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("err %v, want a message with %q:\n%s", err, tc.want, out)
+			}
+			if got := contents(t, netd); !maps.Equal(got, before) {
+				t.Errorf("conf dir changed")
+			}
+			if ents, _ := os.ReadDir(cniBin); len(ents) != 0 {
+				t.Errorf("bin dir holds %d files after a refused install", len(ents))
+			}
+		})
+	}
+}
