@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -29,6 +31,11 @@ type backend struct {
 	redirect enforcer.RedirectMode
 	version  string
 	started  time.Time
+	// policyDir holds one NAME.yaml per policy; Register refuses a sandbox
+	// whose policy has no file there. Empty skips the check; serve sets it
+	// to cfg.PolicyDir once the end-to-end worlds write the policies their
+	// sandboxes name (they register "default" without a file today).
+	policyDir string
 
 	// mu serialises changes so that "attach then persist" (and its undo)
 	// is atomic with respect to every other change.
@@ -62,6 +69,9 @@ func validateSandbox(sb api.Sandbox) error {
 
 func (b *backend) Register(ctx context.Context, sb api.Sandbox) (api.Sandbox, error) {
 	if err := validateSandbox(sb); err != nil {
+		return api.Sandbox{}, err
+	}
+	if err := b.checkPolicy(sb.Policy); err != nil {
 		return api.Sandbox{}, err
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), changeTimeout)
@@ -107,6 +117,25 @@ func (b *backend) Register(ctx context.Context, sb api.Sandbox) (api.Sandbox, er
 	b.log.Info("sandbox registered", "sandbox", sb.ShortID(), "network", sb.Network, "ifname", sb.IfName,
 		"host_veth", sb.HostVeth, "ips", sb.IPs, "policy", sb.Policy)
 	return sb, nil
+}
+
+// checkPolicy refuses a policy paddockd has no file for: the CNI plugin
+// runs in the runtime's mount namespace and cannot look for itself, and a
+// sandbox registered under a missing policy would only ever be denied.
+func (b *backend) checkPolicy(name string) error {
+	if b.policyDir == "" {
+		return nil
+	}
+	if name == "" || strings.ContainsAny(name, "/\x00") || strings.HasPrefix(name, ".") {
+		return fmt.Errorf("%w %q: not a policy name", api.ErrUnknownPolicy, name)
+	}
+	file := filepath.Join(b.policyDir, name+".yaml")
+	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w %q: %s does not exist", api.ErrUnknownPolicy, name, file)
+	} else if err != nil {
+		return fmt.Errorf("policy %q: %w", name, err)
+	}
+	return nil
 }
 
 func sameAttachment(a, b api.Sandbox) bool {
