@@ -669,32 +669,49 @@ func TestMetricsCount(t *testing.T) {
 	w.get(c, "GET", "https://allowed.test:{TLS}/", nil)
 	w.get(c, "GET", "https://blocked.test:{TLS}/", nil)
 	w.get(w.client(false, w.nodeRoots), "GET", "https://allowed.test:{TLS}/", nil)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, mm := range mf.GetMetric() {
-			key := mf.GetName()
-			for _, l := range mm.GetLabel() {
-				key += "," + l.GetName() + "=" + l.GetValue()
-			}
-			switch {
-			case mm.GetCounter() != nil:
-				got[key] = mm.GetCounter().GetValue()
-			case mm.GetHistogram() != nil:
-				got[key] = float64(mm.GetHistogram().GetSampleCount())
+	// Audit and metrics are recorded just after the response is sent.
+	gather := func() map[string]float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			for _, mm := range mf.GetMetric() {
+				key := mf.GetName()
+				for _, l := range mm.GetLabel() {
+					key += "," + l.GetName() + "=" + l.GetValue()
+				}
+				switch {
+				case mm.GetCounter() != nil:
+					got[key] = mm.GetCounter().GetValue()
+				case mm.GetHistogram() != nil:
+					got[key] = float64(mm.GetHistogram().GetSampleCount())
+				}
 			}
 		}
+		return got
 	}
-	for key, min := range map[string]float64{
+	want := map[string]float64{
 		"paddock_proxy_requests_total,decision=allow,sandbox=0123456789ab": 2,
 		"paddock_proxy_requests_total,decision=deny,sandbox=0123456789ab":  1,
 		"paddock_proxy_upstream_latency_seconds":                           2,
 		"paddock_proxy_cert_cache_total,result=hit":                        1,
 		"paddock_proxy_cert_cache_total,result=miss":                       2,
-	} {
+	}
+	var got map[string]float64
+	for i := 0; i < 50; i++ {
+		got = gather()
+		short := false
+		for key, min := range want {
+			short = short || got[key] < min
+		}
+		if !short {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for key, min := range want {
 		if got[key] < min {
 			t.Errorf("%s = %v, want >= %v (all: %v)", key, got[key], min, got)
 		}
