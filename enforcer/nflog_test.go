@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -263,4 +264,55 @@ func gatheredCounter(t *testing.T, reg *prometheus.Registry, name string, labels
 		}
 	}
 	return -1
+}
+
+// A flood is logged at the limited rate but every packet is counted and
+// dropped: the limit must not end the rule that drops.
+func TestDropLoggerFloodRateLimited(t *testing.T) {
+	if nftInNodeNetns(t) {
+		return
+	}
+	w := newNFTWorld(t)
+	f := newTestFirewall(t, FirewallConfig{Mode: RedirectBPF, NFLOGGroup: 100})
+	if err := f.AddSandbox(w.sb); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), DropsFile)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := StartDropLogger(ctx, DropLoggerConfig{Group: 100, Path: path,
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))}); err != nil {
+		t.Fatal(err)
+	}
+	before := w.farCount(t)
+	const flood = 1000
+	start := time.Now()
+	w.inSandbox(t, func() error {
+		c, err := net.Dial("udp4", "192.0.2.20:7")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range flood {
+			c.Write([]byte("flood"))
+		}
+		return nil
+	})
+	elapsed := time.Since(start)
+	time.Sleep(500 * time.Millisecond)
+	counts, err := f.DropCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts["unmarked"] < flood {
+		t.Errorf("counted %d unmarked drops, want ≥%d", counts["unmarked"], flood)
+	}
+	if got := w.farCount(t); got != before {
+		t.Errorf("%d flood packets reached the far side: the rate limit leaked", got-before)
+	}
+	drops, _ := ReadDrops(path)
+	limit := logBurst + int(elapsed.Seconds()+1.5)*logRate + 20 // + neighbour discovery noise
+	if len(drops) < logBurst/2 || len(drops) > limit {
+		t.Errorf("%d drop lines for a %d-packet flood in %v, want between %d and %d", len(drops), flood, elapsed, logBurst/2, limit)
+	}
 }

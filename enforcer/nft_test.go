@@ -342,8 +342,16 @@ func TestFirewallNftablesModeTPROXY(t *testing.T) {
 	}
 	defer ln.Close()
 	tcpAddr := netip.MustParseAddrPort(ln.Addr().String())
+	dnsConn, err := lc.ListenPacket(context.Background(), "udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dnsConn.Close()
+	dnsAddr := netip.MustParseAddrPort(dnsConn.LocalAddr().String())
+	rawDNS, _ := dnsConn.(*net.UDPConn).SyscallConn()
+	rawDNS.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_RECVORIGDSTADDR, 1) })
 	f := newTestFirewall(t, FirewallConfig{Mode: RedirectNftables, TCPListen: tcpAddr,
-		DNSListen: netip.AddrPortFrom(tcpAddr.Addr(), 15053)})
+		DNSListen: dnsAddr})
 	if err := f.AddSandbox(w.sb); err != nil {
 		t.Fatal(err)
 	}
@@ -354,6 +362,7 @@ func TestFirewallNftablesModeTPROXY(t *testing.T) {
 	rs = strings.ReplaceAll(rs, w.sb.HostVeth, "HOSTVETH")
 	rs = strings.ReplaceAll(rs, w.sb.SandboxMAC, "SANDBOXMAC")
 	rs = strings.ReplaceAll(rs, fmt.Sprintf(":%d ", tcpAddr.Port()), ":TCPPORT ")
+	rs = strings.ReplaceAll(rs, fmt.Sprintf(":%d ", dnsAddr.Port()), ":DNSPORT ")
 	checkGolden(t, "nft_nftables.golden", rs)
 
 	accepted := make(chan net.Conn, 1)
@@ -383,8 +392,29 @@ func TestFirewallNftablesModeTPROXY(t *testing.T) {
 
 	w.inSandbox(t, sendUDP("192.0.2.20:7"))
 	exec.Command("ip", "netns", "exec", w.sbNS, "ping", "-c1", "-W1", "192.0.2.20").Run()
-	// DNS listener absent: tproxy finds no socket, the drop behind it holds.
+	// DNS over UDP reaches the transparent DNS socket, which learns the
+	// original destination.
 	w.inSandbox(t, sendUDP("192.0.2.20:53"))
+	dnsConn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf, oob := make([]byte, 512), make([]byte, 128)
+	n, oobn, _, _, err := dnsConn.(*net.UDPConn).ReadMsgUDP(buf, oob)
+	if err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("DNS socket got %q, %v; want the sandbox's datagram", buf[:n], err)
+	}
+	if orig := origDst(oob[:oobn]); orig != "192.0.2.20:53" {
+		t.Errorf("DNS datagram original destination %q, want 192.0.2.20:53", orig)
+	}
+	// DNS listener gone: tproxy finds no socket, the drop behind it holds.
+	dnsConn.Close()
+	w.inSandbox(t, sendUDP("192.0.2.20:53"))
+	// IPv6 is not served.
+	hv, err := net.InterfaceByName(w.sb.HostVeth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nftRun(t, "ip", "-n", w.sbNS, "-6", "route", "add", "default", "via", "2001:db8::1", "dev", "eth0")
+	nftRun(t, "ip", "-n", w.sbNS, "-6", "neigh", "replace", "2001:db8::1", "lladdr", hv.HardwareAddr.String(), "dev", "eth0")
+	w.inSandbox(t, sendUDP("[2001:db8:1::99]:9"))
 	// Listener closed: TCP must fail closed, not be forwarded.
 	ln.Close()
 	w.inSandbox(t, func() error {
@@ -408,13 +438,32 @@ func TestFirewallNftablesModeTPROXY(t *testing.T) {
 	if got := w.farCount(t); got != before {
 		t.Errorf("%d packets from the sandbox reached the far side", got-before)
 	}
-	counts, err := f.DropCounts()
+	var counts map[string]uint64
+	// A sandbox that changes its MAC is cut off.
+	nftRun(t, "ip", "-n", w.sbNS, "link", "set", "eth0", "address", "02:00:5e:00:53:01")
+	w.inSandbox(t, sendUDP("192.0.2.20:7"))
+	counts, err = f.DropCounts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, reason := range []string{"udp", "icmp", "no-listener", "spoofed-ip"} {
+	for _, reason := range []string{"udp", "icmp", "no-listener", "spoofed-ip", "ipv6", "spoofed-mac"} {
 		if counts[reason] == 0 {
 			t.Errorf("no drop counted for reason %s: %v", reason, counts)
 		}
 	}
+}
+
+// origDst decodes IP_ORIGDSTADDR from a control message.
+func origDst(oob []byte) string {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return ""
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_ORIGDSTADDR && len(m.Data) >= 8 {
+			port := uint16(m.Data[2])<<8 | uint16(m.Data[3])
+			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Data[4:8])), port).String()
+		}
+	}
+	return ""
 }
