@@ -308,9 +308,12 @@ func (f *Firewall) AddSandbox(sb api.Sandbox) error {
 func (f *Firewall) RemoveSandbox(sb api.Sandbox) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	old, ok := f.sbs[sb.Key()]
-	if !ok || f.deleted {
+	if f.deleted {
 		return nil
+	}
+	old, ok := f.sbs[sb.Key()]
+	if !ok {
+		return f.removeInherited(sb)
 	}
 	if err := f.delElems(f.rs, old); err != nil {
 		return err
@@ -319,6 +322,25 @@ func (f *Firewall) RemoveSandbox(sb api.Sandbox) error {
 		return fmt.Errorf("remove sandbox %s (%s) from nftables sets: %w", sb.ShortID(), old.ifname, err)
 	}
 	delete(f.sbs, sb.Key())
+	return nil
+}
+
+// removeInherited drops what a previous paddockd put in the sets for
+// sb's host veth, when sb is removed before the first Sync.
+func (f *Firewall) removeInherited(sb api.Sandbox) error {
+	if validIfName(sb.HostVeth) != nil {
+		return nil
+	}
+	inherited := f.inherited
+	f.inherited = cloneInherited(inherited)
+	if err := f.dropInherited(sb.HostVeth); err != nil {
+		f.inherited = inherited
+		return err
+	}
+	if err := f.conn.Flush(); err != nil {
+		f.inherited = inherited
+		return fmt.Errorf("remove sandbox %s (%s) from nftables sets: %w", sb.ShortID(), sb.HostVeth, err)
+	}
 	return nil
 }
 

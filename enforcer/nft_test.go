@@ -294,12 +294,27 @@ func TestFirewallRestartKeepsSets(t *testing.T) {
 		if err := f1.AddSandbox(sb); err != nil {
 			t.Fatal(err)
 		}
+		other := api.Sandbox{Network: "n", ContainerID: "def", IfName: "eth0", HostVeth: "pdkeep1",
+			SandboxMAC: "02:00:00:00:00:02", IPs: []netip.Prefix{netip.MustParsePrefix("10.9.0.4/16")}}
+		if err := f1.AddSandbox(other); err != nil {
+			t.Fatal(err)
+		}
 		f2 := newTestFirewall(t, cfg)
 		if err := f2.CheckSandbox(sb); err != nil {
 			t.Errorf("mode %s: after restart: %v", mode, err)
 		}
 		if p := f2.verify(); p != "" {
 			t.Errorf("mode %s: restarted table looks damaged to Watch: %s", mode, p)
+		}
+		// A DEL before the first reconcile removes the inherited entries.
+		if err := f2.RemoveSandbox(other); err != nil {
+			t.Errorf("mode %s: removing an inherited sandbox: %v", mode, err)
+		}
+		if err := f2.CheckSandbox(other); err == nil {
+			t.Errorf("mode %s: inherited sandbox still present after RemoveSandbox", mode)
+		}
+		if p := f2.verify(); p != "" {
+			t.Errorf("mode %s: after removing an inherited sandbox: %s", mode, p)
 		}
 		moved := sb
 		moved.IPs = []netip.Prefix{netip.MustParsePrefix("10.9.0.3/16")}
