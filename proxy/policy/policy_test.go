@@ -1,9 +1,13 @@
 package policy
 
 import (
+	"io"
+	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 const example = `dns: allowlist
@@ -114,4 +118,42 @@ func FuzzParse(f *testing.F) {
 		p.DecideTCP(netip.MustParseAddrPort("192.0.2.1:5"), "a.com", func(string) []netip.Addr { return nil })
 		p.AllowsName("a.com")
 	})
+}
+
+func TestStoreReload(t *testing.T) {
+	if _, err := NewStore("/nonexistent/paddock-policies", nil); err == nil {
+		t.Fatal("missing policy dir accepted")
+	}
+	dir := t.TempDir()
+	file := dir + "/web.yaml"
+	write := func(s string, age time.Duration) {
+		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mt := time.Now().Add(age)
+		_ = os.Chtimes(file, mt, mt)
+	}
+	write("egress:\n  - domains: [a.test]\n", -time.Hour)
+	s, err := NewStore(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := s.Get("web"); !ok || len(p.Egress) != 1 {
+		t.Fatal("policy not loaded")
+	}
+	write("egress: [oops\n", -time.Minute)
+	s.Reload()
+	if p, ok := s.Get("web"); !ok || p.Egress[0].Domains[0] != "a.test" {
+		t.Fatal("broken file dropped the last good version")
+	}
+	write("egress:\n  - domains: [b.test]\n", 0)
+	s.Reload()
+	if p, _ := s.Get("web"); p.Egress[0].Domains[0] != "b.test" {
+		t.Fatal("fixed file not reloaded")
+	}
+	os.Remove(file)
+	s.Reload()
+	if _, ok := s.Get("web"); ok {
+		t.Fatal("removed policy still served")
+	}
 }
