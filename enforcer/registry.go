@@ -33,8 +33,19 @@ const registryVersion = 1
 type Registry struct {
 	path string
 
-	mu   sync.Mutex // serialises writers
-	snap atomic.Pointer[registrySnapshot]
+	mu       sync.Mutex // serialises writers
+	snap     atomic.Pointer[registrySnapshot]
+	onChange func([]api.Sandbox)
+}
+
+// OnChange makes fn receive the full sandbox list after every committed
+// change (and once now), under the writers' lock so calls arrive in order.
+// The proxy process is fed this way.
+func (r *Registry) OnChange(fn func([]api.Sandbox)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onChange = fn
+	fn(slices.Clone(r.snap.Load().list))
 }
 
 type registrySnapshot struct {
@@ -189,6 +200,9 @@ func (r *Registry) commit(sbs []api.Sandbox) error {
 		return err
 	}
 	r.index(sbs)
+	if r.onChange != nil {
+		r.onChange(slices.Clone(sbs))
+	}
 	return nil
 }
 

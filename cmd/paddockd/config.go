@@ -40,6 +40,8 @@ type Config struct {
 	ProxyUser     string
 	TCPListen     netip.AddrPort // transparent listener redirected TCP arrives on
 	DNSListen     netip.AddrPort // transparent DNS listener (UDP and TCP)
+	ExplicitPort  int            // HTTP proxy port on each sandbox's gateway (HTTP_PROXY)
+	ProxyMetrics  string         // host:port of the proxy process's /metrics ("" disables)
 
 	// Runtime dependencies main hands to the enforcer and the proxy
 	// supervisor; they are not read from flags or the file.
@@ -66,6 +68,8 @@ func defaultConfig() *Config {
 		ProxyUser:     "paddock-proxy",
 		TCPListen:     enforcer.DefaultTCPListen,
 		DNSListen:     enforcer.DefaultDNSListen,
+		ExplicitPort:  3128,
+		ProxyMetrics:  "127.0.0.1:9465",
 	}
 }
 
@@ -91,6 +95,8 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.UpstreamCA, "upstream-ca", c.UpstreamCA, "PEM `file` of extra CAs trusted for upstream TLS")
 	fs.StringVar(&c.ProxyUser, "proxy-user", c.ProxyUser, "unprivileged `user` the proxy runs as")
 	fs.TextVar(&c.TCPListen, "tcp-listen", c.TCPListen, "`ip:port` of the transparent listener redirected TCP arrives on")
+	fs.IntVar(&c.ExplicitPort, "explicit-port", c.ExplicitPort, "`port` on each sandbox's gateway that serves the explicit HTTP proxy (HTTP_PROXY, CONNECT)")
+	fs.StringVar(&c.ProxyMetrics, "proxy-metrics-addr", c.ProxyMetrics, "`host:port` where the proxy process serves /metrics (empty: disabled)")
 	fs.TextVar(&c.DNSListen, "dns-listen", c.DNSListen, "`ip:port` of the transparent DNS listener (keep port 53: replies are sent from it)")
 }
 
@@ -230,6 +236,17 @@ func (c *Config) validate() error {
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			return fmt.Errorf("--metrics-addr %q: want host:port, or empty to disable (%v)", c.MetricsAddr, err)
+		}
+	}
+	if c.ExplicitPort < 1 || c.ExplicitPort > 65535 {
+		return fmt.Errorf("--explicit-port %d: want a port from 1 to 65535", c.ExplicitPort)
+	}
+	if c.ProxyMetrics != "" {
+		if _, _, err := net.SplitHostPort(c.ProxyMetrics); err != nil {
+			return fmt.Errorf("--proxy-metrics-addr %q: want host:port, or empty to disable (%v)", c.ProxyMetrics, err)
+		}
+		if c.ProxyMetrics == c.MetricsAddr {
+			return fmt.Errorf("--proxy-metrics-addr %q is --metrics-addr too: give the proxy process its own port", c.ProxyMetrics)
 		}
 	}
 	if _, err := netip.ParseAddrPort(c.Resolver); err != nil {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/paddock-sandbox/paddock/enforcer"
 	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/proxy"
 )
 
 // version is set at link time (-ldflags "-X main.version=v1.2.3"); without
@@ -41,6 +42,12 @@ func buildVersion() string {
 }
 
 func main() {
+	// The proxy runs as a child of this same binary, under its own
+	// unprivileged user, on the listeners paddockd hands it.
+	if len(os.Args) > 1 && os.Args[1] == proxy.ChildArg {
+		proxy.ChildMain()
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stderr))
@@ -83,8 +90,30 @@ func serve(ctx context.Context, cfg *Config) error {
 		return err
 	}
 
+	// The metrics port is claimed first: if it is taken, paddockd stops
+	// before the API ever answered. The API socket is claimed before the
+	// data path starts, so a second paddockd stops here instead of taking
+	// over the running one's listeners and pinned links.
+	var mln net.Listener
+	if cfg.MetricsAddr != "" {
+		if mln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+	}
+	ln, err := listenAPI(cfg.APISocket)
+	if err != nil {
+		if mln != nil {
+			mln.Close()
+		}
+		return err
+	}
 	enf, err := newEnforcer(cfg)
 	if err != nil {
+		ln.Close()
+		os.Remove(cfg.APISocket)
+		if mln != nil {
+			mln.Close()
+		}
 		return fmt.Errorf("start enforcer: %w", err)
 	}
 	defer func() {
@@ -102,21 +131,6 @@ func serve(ctx context.Context, cfg *Config) error {
 	}
 	b.reconcile(ctx)
 
-	// The metrics port is claimed first: if it is taken, paddockd stops
-	// before the API ever answered.
-	var mln net.Listener
-	if cfg.MetricsAddr != "" {
-		if mln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-	}
-	ln, err := listenAPI(cfg.APISocket)
-	if err != nil {
-		if mln != nil {
-			mln.Close()
-		}
-		return err
-	}
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	apiSrv := &http.Server{Handler: api.Handler(b), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	errc := make(chan error, 2)
