@@ -153,6 +153,16 @@ func TestChainedPTP(t *testing.T) {
 		}
 
 		if v >= "1.1.0" {
+			// STATUS asks paddockd, not an IPAM paddock does not have.
+			if err := w.status(); err != nil {
+				t.Fatalf("STATUS: %v", err)
+			}
+			w.daemon.set(func(f *fakeDaemon) { f.ready = false })
+			if err := w.status(); cniCode(err) != types.ErrPluginNotAvailable {
+				t.Fatalf("STATUS with paddockd not ready: want code 50, got %v", err)
+			}
+			w.daemon.set(func(f *fakeDaemon) { f.ready = true })
+
 			// GC: valid keeps the registration; a forgotten attachment
 			// loses it, and the veth stays (ptp's GC leaves veths alone,
 			// paddock's must too).
