@@ -113,11 +113,48 @@ func StartDropLogger(ctx context.Context, cfg DropLoggerConfig) (*DropLogger, er
 		return nil, fmt.Errorf("bind nflog group %d: %w", cfg.Group, err)
 	}
 	go func() {
-		<-ctx.Done()
-		nf.Close()
-		l.close()
+		tick := time.NewTicker(reopenCheck)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				nf.Close()
+				l.close()
+				return
+			case <-tick.C:
+				l.reopenIfMoved()
+			}
+		}
 	}()
 	return l, nil
+}
+
+// reopenCheck is how often the logger notices that logrotate (or an
+// operator) moved or deleted the drop log.
+const reopenCheck = time.Second
+
+// reopenIfMoved starts a new file at Path when the open one is no longer
+// the file at Path, so rotated logs do not swallow drops.
+func (l *DropLogger) reopenIfMoved() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.file == nil {
+		return
+	}
+	cur, err := l.file.Stat()
+	if err != nil {
+		return
+	}
+	if st, err := os.Stat(l.cfg.Path); err == nil && os.SameFile(st, cur) {
+		return
+	}
+	f, err := os.OpenFile(l.cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		l.health = "reopen drop log: " + err.Error()
+		return
+	}
+	l.file.Close()
+	l.file = f
 }
 
 func (l *DropLogger) close() {

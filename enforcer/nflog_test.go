@@ -232,6 +232,28 @@ add rule inet paddocktest pre meta l4proto 253 meta mark set %#x`,
 	if st.Mode().Perm() != 0o640 {
 		t.Errorf("drop log mode %v, want 0640", st.Mode().Perm())
 	}
+
+	// logrotate moves the file away: new drops go to a new file at path.
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(reopenCheck + 300*time.Millisecond)
+	w.inSandbox(t, sendUDP("192.0.2.20:77"))
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		ds, _ := ReadDrops(path)
+		found := false
+		for _, d := range ds {
+			found = found || d.DstPort == 77
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after rotation, the drop to port 77 is not in the new %s: %v", path, ds)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func dumpDrops(ds []Drop) string {

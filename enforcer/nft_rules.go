@@ -15,21 +15,21 @@ import (
 // Names inside table inet paddock. Operators see them in `nft list table
 // inet paddock`, so they say what they hold.
 const (
-	nftTable      = "paddock"
-	setIfs        = "sandbox_ifs"
-	setSrc        = "sandbox_src"
-	setMAC        = "sandbox_mac"
-	mapDenyMarks  = "deny_marks"
-	chainPre      = "prerouting"
-	chainInput    = "input"
-	chainForward  = "forward"
-	chainSbPre    = "sandbox_prerouting"
-	chainSbInput  = "sandbox_input"
-	dropChainPfx  = "drop_"
-	logRate       = 50  // log lines per second per reason; drops are always counted
-	logBurst      = 100 // packets logged in a burst before the rate applies
-	ifNameLen     = unix.IFNAMSIZ
-	objTypeCouter = unix.NFT_OBJECT_COUNTER
+	nftTable       = "paddock"
+	setIfs         = "sandbox_ifs"
+	setSrc         = "sandbox_src"
+	setMAC         = "sandbox_mac"
+	mapDenyMarks   = "deny_marks"
+	chainPre       = "prerouting"
+	chainInput     = "input"
+	chainForward   = "forward"
+	chainSbPre     = "sandbox_prerouting"
+	chainSbInput   = "sandbox_input"
+	dropChainPfx   = "drop_"
+	logRate        = 50  // log lines per second per reason; drops are always counted
+	logBurst       = 100 // packets logged in a burst before the rate applies
+	ifNameLen      = unix.IFNAMSIZ
+	objTypeCounter = unix.NFT_OBJECT_COUNTER
 )
 
 // priorityPrerouting runs after conntrack (-200) so that tproxy sees
@@ -114,7 +114,7 @@ func (f *Firewall) build(c *nftables.Conn) (*ruleset, error) {
 		c.AddObj(&nftables.CounterObj{Table: t, Name: nftName(r)})
 		ch := c.AddChain(&nftables.Chain{Name: dropChain(r), Table: t})
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-			&expr.Objref{Type: objTypeCouter, Name: nftName(r)},
+			&expr.Objref{Type: objTypeCounter, Name: nftName(r)},
 		}})
 		// limit and log in one rule, the drop in the next: a limit that
 		// is over its rate ends the rule, and must not end the drop.
