@@ -17,8 +17,6 @@ const (
 	// reaches the plugin through the io.kubernetes.cri.pod-annotations
 	// capability.
 	PolicyAnnotation = "paddock.dev/policy"
-	// podAnnotationsKey is the runtimeConfig key of that capability.
-	podAnnotationsKey = "io.kubernetes.cri.pod-annotations"
 
 	argNamespace = "K8S_POD_NAMESPACE"
 	argPodName   = "K8S_POD_NAME"
