@@ -2,8 +2,8 @@
 // validates everything, compiles the seccomp profile (Docker's default from
 // github.com/moby/profiles plus paddock's denials) to classic BPF, creates
 // the run's cgroup (v2 when it has the controllers, else v1) and re-executes
-// itself as PID 1 of new mount, PID, IPC, UTS, network and cgroup
-// namespaces; that init pivots into a fresh root of read-only binds with a
+// itself as PID 1 of new mount, PID, IPC, UTS, network, cgroup and (where
+// the kernel allows) user namespaces; that init pivots into a fresh root of read-only binds with a
 // new /proc, a minimal /dev, tmpfs /tmp and $HOME, the workspace (ro, rw or
 // an overlay reviewed with `paddock diff/apply/discard`) and every secret
 // found in a bound directory masked, attaches the paddock CNI network (or

@@ -140,32 +140,53 @@ func Run(opts Options) (code int, err error) {
 	// Pdeathsig follows the thread that started the child: keep it.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	cmd := exec.Command("/proc/self/exe", InitCommand)
-	cmd.Args[0] = "paddock"
-	cmd.Env = []string{}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{r}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: cloneFlags,
-		// Its own session: a terminal's ^C reaches only the launcher, which
-		// forwards it once.
-		Setsid:    true,
-		Pdeathsig: syscall.SIGKILL,
-	}
 	cgfd, err := cg.fd()
 	if err != nil {
 		return 0, err
 	}
 	if cgfd >= 0 {
 		defer unix.Close(cgfd)
-		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgfd
+	}
+	uids, gids := mappedIDs(&opts)
+	initCmd := func(userns bool) *exec.Cmd {
+		cmd := exec.Command("/proc/self/exe", InitCommand)
+		cmd.Args[0] = "paddock"
+		cmd.Env = []string{}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		cmd.ExtraFiles = []*os.File{r}
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Cloneflags: cloneFlags,
+			// Its own session: a terminal's ^C reaches only the launcher,
+			// which forwards it once.
+			Setsid:    true,
+			Pdeathsig: syscall.SIGKILL,
+		}
+		if cgfd >= 0 {
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgfd
+		}
+		if userns {
+			cmd.SysProcAttr.Cloneflags |= unix.CLONE_NEWUSER
+			cmd.SysProcAttr.UidMappings, cmd.SysProcAttr.GidMappings = idMap(uids), idMap(gids)
+			cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+		}
+		return cmd
 	}
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH, unix.SIGCONT)
 	defer signal.Stop(sigs)
+	// A user namespace as well where the kernel allows one: root inside is
+	// host root (the init must read the host's files to bind them) and the
+	// other mapped ids are themselves, but every capability anyone inside
+	// could hold is scoped to that namespace and the copied mounts are locked.
+	userns := "user"
+	cmd := initCmd(true)
 	if err := cmd.Start(); err != nil {
-		r.Close()
-		return 0, fmt.Errorf("start sandbox: %w", err)
+		userns = "(user: not available: " + err.Error() + ")"
+		cmd = initCmd(false)
+		if err := cmd.Start(); err != nil {
+			r.Close()
+			return 0, fmt.Errorf("start sandbox: %w", err)
+		}
 	}
 	r.Close()
 	abort := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
@@ -173,7 +194,7 @@ func Run(opts Options) (code int, err error) {
 		abort()
 		return 0, err
 	}
-	logf("namespaces: mount pid ipc uts net cgroup (user: not used, ids are dropped to %d:%d instead)", opts.UID, opts.GID)
+	logf("namespaces: mount pid ipc uts net cgroup %s; the command runs as %d:%d", userns, opts.UID, opts.GID)
 	if len(cg.applied) > 0 {
 		logf("limits: %s", strings.Join(cg.applied, ", "))
 	}
@@ -424,4 +445,45 @@ func trustBundle(ca, rootfs, runDir string) (string, error) {
 		return out, nil
 	}
 	return ca, nil
+}
+
+// mappedIDs are the ids the user namespace maps to themselves: root, the
+// command's, and the owners of every bound directory and its parents (root
+// inside has no override over files of unmapped owners, so the init could
+// not reach them to bind them).
+func mappedIDs(o *Options) (uids, gids []int) {
+	seenU, seenG := map[int]bool{}, map[int]bool{}
+	add := func(u, g int) {
+		if !seenU[u] {
+			seenU[u] = true
+			uids = append(uids, u)
+		}
+		if !seenG[g] {
+			seenG[g] = true
+			gids = append(gids, g)
+		}
+	}
+	add(0, 0)
+	add(o.UID, o.GID)
+	for _, m := range append([]Mount{o.Workspace}, o.Mounts...) {
+		for p := m.Source; ; p = filepath.Dir(p) {
+			if fi, err := os.Stat(p); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+					add(int(st.Uid), int(st.Gid))
+				}
+			}
+			if p == "/" || len(uids) > 300 || len(gids) > 300 {
+				break
+			}
+		}
+	}
+	return uids, gids
+}
+
+func idMap(ids []int) []syscall.SysProcIDMap {
+	m := make([]syscall.SysProcIDMap, len(ids))
+	for i, id := range ids {
+		m[i] = syscall.SysProcIDMap{ContainerID: id, HostID: id, Size: 1}
+	}
+	return m
 }

@@ -120,9 +120,12 @@ func (e *env) write(rel, content string) {
 
 func TestConfinementInside(t *testing.T) {
 	e := newEnv(t)
-	r := e.run(nil, `grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; id -u`)
+	r := e.run(nil, `grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; id -u; cat /proc/self/uid_map`)
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if strings.Contains(r.stdout, "4294967295") {
+		t.Errorf("the command runs in the initial user namespace:\n%s", r.stdout)
 	}
 	for _, want := range []string{"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000",
 		"CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2", "65534"} {
@@ -173,6 +176,33 @@ func TestFilesystem(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(e.ws, "file.txt")); string(b) != "data\n" {
 		t.Errorf("read-only workspace changed: %q", b)
+	}
+}
+
+func TestPrivateMountOfAnotherUser(t *testing.T) {
+	e := newEnv(t)
+	// A 0700 tree owned by someone else: the init (root of the user
+	// namespace) must still reach it, and only its owner reads it inside.
+	dir := filepath.Join(t.TempDir(), "private")
+	if err := os.MkdirAll(filepath.Join(dir, "inner"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "inner", "f"), []byte("owner-only\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir, filepath.Join(dir, "inner"), filepath.Join(dir, "inner", "f")} {
+		if err := os.Chown(p, 4321, 4321); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run([]string{"--uid", "4321", "--mount", filepath.Join(dir, "inner") + ":/data"}, `cat /data/f`); r.code != 0 || r.stdout != "owner-only\n" {
+		t.Errorf("owner could not read its mount: %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	if r := e.run([]string{"--mount", filepath.Join(dir, "inner") + ":/data"}, `cat /data/f`); r.code == 0 {
+		t.Errorf("uid 65534 read another user's 0600 file: %q", r.stdout)
 	}
 }
 
