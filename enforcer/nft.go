@@ -89,17 +89,28 @@ func NewFirewall(cfg FirewallConfig) (*Firewall, error) {
 		Name: "paddock_nft_restores_total",
 		Help: "Times table inet paddock was found missing or altered and restored.",
 	})
-	if err := f.restore(); err != nil {
-		conn.CloseLasting()
-		return nil, err
+	// Metrics first: a failure here must not leave the node with the old
+	// table deleted and no new one.
+	var registered []prometheus.Collector
+	unregister := func() {
+		for _, c := range registered {
+			cfg.Metrics.Unregister(c)
+		}
 	}
 	if cfg.Metrics != nil {
 		for _, c := range []prometheus.Collector{f.restores, dropCounters{f}} {
 			if err := cfg.Metrics.Register(c); err != nil {
-				f.Delete()
+				unregister()
+				conn.CloseLasting()
 				return nil, fmt.Errorf("register nftables metrics: %w", err)
 			}
+			registered = append(registered, c)
 		}
+	}
+	if err := f.restore(); err != nil {
+		unregister()
+		conn.CloseLasting()
+		return nil, err
 	}
 	return f, nil
 }
@@ -492,8 +503,8 @@ func (f *Firewall) ruleCount() (int, error) {
 }
 
 // Ruleset is `nft -s list table inet paddock` (no counter values), with
-// set elements sorted, for golden tests and `paddock status --verbose`.
-// It runs the nft CLI in the calling process's network namespace.
+// one-line element lists sorted, for golden tests and debugging. It runs
+// the nft CLI, which must be installed, in the process's network namespace.
 func (f *Firewall) Ruleset() (string, error) {
 	var out, errb bytes.Buffer
 	cmd := exec.Command("nft", "-s", "list", "table", "inet", nftTable)

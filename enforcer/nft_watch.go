@@ -98,8 +98,8 @@ func (d dropCounters) Collect(ch chan<- prometheus.Metric) {
 func (f *Firewall) DropCounts() (map[string]uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.deleted {
-		return nil, fmt.Errorf("nftables firewall was deleted")
+	if f.deleted || f.rs == nil {
+		return nil, fmt.Errorf("nftables table paddock is not installed")
 	}
 	objs, err := f.conn.GetObjects(f.rs.table)
 	if err != nil {
