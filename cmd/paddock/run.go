@@ -76,8 +76,18 @@ func cmdRun(args []string) error {
 		return nil
 	}), "cpus", "CPU limit in cores, e.g. `1.5`")
 	fs.Int64Var(&o.Pids, "pids", 0, "maximum number of processes")
-	fs.IntVar(&o.UID, "uid", o.UID, "user id inside (default: a writable workspace's owner if not root, else 65534)")
-	fs.IntVar(&o.GID, "gid", o.GID, "group id inside (default: goes with the uid)")
+	idFlag := func(dst *int, what string) funcFlag {
+		return func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return fmt.Errorf("%s %q is not a non-negative number", what, v)
+			}
+			*dst = n
+			return nil
+		}
+	}
+	fs.Var(idFlag(&o.UID, "uid"), "uid", "user `ID` inside (default: a writable workspace's owner if not root, else 65534)")
+	fs.Var(idFlag(&o.GID, "gid"), "gid", "group `ID` inside (default: goes with the uid)")
 	fs.Var(&envs, "env", "`K=V` set in the (otherwise clean) environment (repeatable)")
 	fs.Var(&envPass, "env-pass", "`NAME` of a host variable to pass in (repeatable)")
 	fs.StringVar(&o.Seccomp, "seccomp", "", "OCI/Docker JSON seccomp profile `FILE` (default: Docker's default plus paddock's denials)")
