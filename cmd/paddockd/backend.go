@@ -36,6 +36,10 @@ type backend struct {
 	// to cfg.PolicyDir once the end-to-end worlds write the policies their
 	// sandboxes name (they register "default" without a file today).
 	policyDir string
+	// vethGone tells whether a sandbox's host veth has disappeared; reconcile
+	// prunes those registrations first. Nil (unit tests with made-up veths)
+	// prunes nothing.
+	vethGone func(api.Sandbox) (bool, error)
 
 	// mu serialises changes so that "attach then persist" (and its undo)
 	// is atomic with respect to every other change.
@@ -258,6 +262,7 @@ func (b *backend) GC(ctx context.Context, req api.GCRequest) (api.GCResponse, er
 // reconcile makes the data path match the registry and records the outcome
 // for Status.
 func (b *backend) reconcile(ctx context.Context) {
+	b.pruneGone(ctx)
 	sbs := b.reg.List()
 	if err := b.enf.Reconcile(ctx, sbs); err != nil {
 		msg := err.Error()

@@ -128,6 +128,7 @@ func serve(ctx context.Context, cfg *Config) error {
 		redirect: cfg.Redirect,
 		version:  ver,
 		started:  time.Now().UTC(),
+		vethGone: hostVethGone,
 	}
 	b.reconcile(ctx)
 
