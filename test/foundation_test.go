@@ -269,10 +269,9 @@ func TestFoundationGC(t *testing.T) {
 
 // DEL succeeds while paddockd is down and removes the veth and the lease;
 // the registration it could not remove is paddockd's to settle. After a
-// restart paddockd must be Ready (runtimes never send GC, so a paddockd that
-// waited for one would refuse every later ADD). It may still list the
-// registration, whose host veth is gone, or have pruned it; a GC that does
-// not list the attachment removes it in any case.
+// restart paddockd has pruned it (its host veth is gone) and is Ready:
+// runtimes never send GC, so a paddockd that kept the registration would
+// fail its reconcile on the missing device and refuse every later ADD.
 func TestFoundationDelWhileDaemonDown(t *testing.T) {
 	w := newWorld(t)
 	d := readyDaemon(t, w)
@@ -307,10 +306,18 @@ func TestFoundationDelWhileDaemonDown(t *testing.T) {
 		t.Errorf("after a DEL it missed and a restart paddockd is not ready, so it refuses every ADD: %v (components %v)", err, st.Components)
 	}
 	if sb, ok := cliStatus(t, w).registered(k); ok {
-		t.Logf("after restart paddockd still lists %s (host veth %s gone, enforced %q): DEL could not reach it", k, sb.HostVeth, sb.Enforced)
-	} else {
-		t.Logf("after restart paddockd no longer lists %s: it pruned the registration whose host veth is gone", k)
+		t.Errorf("after restart paddockd still lists %s although its host veth %s is gone (enforced %q)", k, sb.HostVeth, sb.Enforced)
 	}
+	// The next sandbox attaches as usual.
+	next := execCall{Command: "ADD", ContainerID: "down-next", Netns: newNetns(t, w, "next"), IfName: "eth0"}
+	if _, cerr := execPlugin(t, w, next, conf); cerr != nil {
+		t.Errorf("ADD after the restart: %v", cerr)
+	}
+	next.Command = "DEL"
+	if _, cerr := execPlugin(t, w, next, conf); cerr != nil {
+		t.Errorf("DEL of the next sandbox: %v", cerr)
+	}
+	// A GC that does not list the attachment has nothing left to remove.
 	gc := withKey(t, pluginConf(w, "1.1.0", nil), "cni.dev/valid-attachments", []any{})
 	if _, cerr := execPlugin(t, w, execCall{Command: "GC"}, gc); cerr != nil {
 		t.Fatalf("GC after restart: %v", cerr)
