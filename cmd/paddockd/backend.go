@@ -32,9 +32,7 @@ type backend struct {
 	version  string
 	started  time.Time
 	// policyDir holds one NAME.yaml per policy; Register refuses a sandbox
-	// whose policy has no file there. Empty skips the check; serve sets it
-	// to cfg.PolicyDir once the end-to-end worlds write the policies their
-	// sandboxes name (they register "default" without a file today).
+	// whose policy has no file there. Empty skips the check (unit tests).
 	policyDir string
 	// vethGone tells whether a sandbox's host veth has disappeared; reconcile
 	// prunes those registrations first. Nil (unit tests with made-up veths)

@@ -129,6 +129,9 @@ func serve(ctx context.Context, cfg *Config) error {
 		version:  ver,
 		started:  time.Now().UTC(),
 		vethGone: hostVethGone,
+		// A sandbox registered under a policy with no file would only
+		// ever be denied: refuse it at ADD with a clear error instead.
+		policyDir: cfg.PolicyDir,
 	}
 	b.reconcile(ctx)
 

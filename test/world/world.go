@@ -213,6 +213,11 @@ func Build(log Logger, opts Options) (w *World, err error) {
 		return w, err
 	}
 	w.CAFile = w.ca.CertFile
+	// paddockd refuses sandboxes whose policy has no file; the default one
+	// allows nothing until a test writes its own.
+	if err = w.WritePolicy("default", DefaultPolicy); err != nil {
+		return w, fmt.Errorf("default policy: %w", err)
+	}
 	if err = w.StartServices(!opts.NoServers, !opts.NoCapture); err != nil {
 		return w, err
 	}
@@ -419,6 +424,9 @@ func (w *World) DNSQueries() []string {
 
 // CA returns the world's upstream CA.
 func (w *World) CA() *CA { return w.ca }
+
+// DefaultPolicy is what Build writes as policy "default": deny everything.
+const DefaultPolicy = "dns: allowlist\negress: []\n"
 
 // PolicyDir is the directory passed to paddockd as --policy-dir.
 func (w *World) PolicyDir() string { return filepath.Join(w.Dir, "policies") }
