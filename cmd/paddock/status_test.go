@@ -4,15 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/test/world"
 )
 
 func goBuild(t *testing.T, pkg string) string {
@@ -28,16 +30,28 @@ func goBuild(t *testing.T, pkg string) string {
 	return out
 }
 
-// startPaddockd runs a real paddockd (with its no-op enforcer) on a temp
-// socket and state dir.
-func startPaddockd(t *testing.T) string {
+// startPaddockd runs a freshly built paddockd inside a world's node
+// namespace (its policy routing, nftables table and BPF pins must never land
+// in the root namespace), waits until it is ready and returns the world and
+// the API socket. Skips unless root.
+func startPaddockd(t *testing.T) (*world.World, string) {
 	t.Helper()
+	w := world.New(t, world.Options{})
+	for _, f := range []string{"paddock", "host-local"} {
+		if _, err := os.Stat(filepath.Join(w.CNIPath(), f)); err != nil {
+			t.Skipf("needs the CNI plugins in %s: run `make build` first (or set PADDOCK_BIN)", w.CNIPath())
+		}
+	}
+	for _, name := range []string{"default", "claude"} {
+		if err := w.WritePolicy(name, "dns: allowlist\negress:\n  - domains: [allowed.test]\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	bin := goBuild(t, "github.com/paddock-sandbox/paddock/cmd/paddockd")
-	dir := t.TempDir()
-	socket := filepath.Join(dir, "run", "paddockd.sock")
-	cmd := exec.Command(bin, "--api-socket", socket, "--state-dir", filepath.Join(dir, "state"),
-		"--log-dir", filepath.Join(dir, "log"), "--metrics-addr", "", "--resolver", "192.0.2.53:53")
-	var stderr bytes.Buffer
+	args := append([]string{"--net=" + w.NodePath(), "--", bin}, w.DefaultDaemonFlags()...)
+	args = append(args, "--metrics-addr", "", "--proxy-metrics-addr", "")
+	cmd := exec.Command("nsenter", args...)
+	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -48,10 +62,11 @@ func startPaddockd(t *testing.T) string {
 		_ = cmd.Process.Kill()
 		<-done
 	})
+	socket := w.DaemonSocket()
 	c := api.NewClient(socket)
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := c.Status(t.Context()); err == nil {
-			return socket
+		if st, err := c.Status(t.Context()); err == nil && st.Ready {
+			return w, socket
 		}
 		select {
 		case <-done:
@@ -59,19 +74,33 @@ func startPaddockd(t *testing.T) string {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("paddockd not up within 15s:\n%s", stderr.String())
+			t.Fatalf("paddockd not ready within 15s:\n%s", stderr.String())
 		}
 	}
 }
 
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func TestStatusAgainstPaddockd(t *testing.T) {
-	socket := startPaddockd(t)
-	sb := api.Sandbox{
-		Network: "paddock-test", ContainerID: "0123456789abcdef0123", IfName: "eth0",
-		HostVeth: "pdk0123", HostIfIndex: 4242,
-		IPs: []netip.Prefix{netip.MustParsePrefix("10.99.0.2/24")}, Policy: "claude",
-	}
-	if _, err := api.NewClient(socket).Register(t.Context(), sb); err != nil {
+	w, socket := startPaddockd(t)
+	const containerID = "0123456789abcdef0123"
+	sb, err := w.AddSandbox(t, "agent", world.SandboxOptions{Policy: "claude", ContainerID: containerID})
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -86,10 +115,11 @@ func TestStatusAgainstPaddockd(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("status --json is not one JSON document: %v\n%s", err, out.String())
 	}
-	if rep.Status.Sandboxes != 1 || rep.Status.Redirect != "bpf" || rep.Status.Ready {
+	if rep.Status.Sandboxes != 1 || rep.Status.Redirect != "bpf" || !rep.Status.Ready {
 		t.Fatalf("status = %+v", rep.Status)
 	}
-	if len(rep.Sandboxes) != 1 || rep.Sandboxes[0].Key() != sb.Key() || rep.Sandboxes[0].Enforced != "not built yet" {
+	if len(rep.Sandboxes) != 1 || rep.Sandboxes[0].ContainerID != containerID || rep.Sandboxes[0].Enforced != "ok" ||
+		rep.Sandboxes[0].HostVeth != sb.HostVeth || rep.Sandboxes[0].Policy != "claude" {
 		t.Fatalf("sandboxes = %+v", rep.Sandboxes)
 	}
 
@@ -98,12 +128,13 @@ func TestStatusAgainstPaddockd(t *testing.T) {
 		t.Fatal(err)
 	}
 	table := out.String()
-	for _, want := range []string{"ready no (enforcer: not built yet)", "redirect:   bpf", "CONTAINER", "0123456789ab ", "pdk0123", "10.99.0.2/24", "claude", "not built yet"} {
+	for _, want := range []string{"ready yes\n", "redirect:   bpf", "bpf: ok", "nftables: ok", "proxy: ok", "CONTAINER",
+		containerID[:12] + " ", sb.HostVeth, sb.IP.String() + "/", "claude", " ok\n"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}
 	}
-	if strings.Contains(table, sb.ContainerID) {
+	if strings.Contains(table, containerID) {
 		t.Errorf("table shows the full container id, want 12 characters:\n%s", table)
 	}
 }

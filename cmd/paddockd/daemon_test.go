@@ -9,7 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-		"os"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
