@@ -103,7 +103,7 @@ do_install() {
 	say "installed. Next:"
 	say "  systemctl enable --now paddockd"
 	say "  paddock cni install --chain NETWORK   # or without --chain for a standalone network"
-	say "see tools/deploy/INSTALL.md"
+	say "see README.md, "Install on a node""
 }
 
 do_uninstall() {
