@@ -133,6 +133,52 @@ func Network(data []byte) (string, error) {
 // plugins list to chain onto.
 var ErrNotList = errors.New(`it is a single-plugin configuration, not a conflist (no "plugins" list): convert it to a conflist ({"cniVersion", "name", "plugins": [ <the plugin> ]}, file name ending in .conflist) and run again`)
 
+// unroutedPrimaries are primary plugin types whose sandbox interface is not
+// a routed veth pair, each with the reason paddock cannot enforce on it.
+// The plugin refuses them at ADD (plugin/chained.go); chaining onto one
+// would make every ADD of the network fail.
+var unroutedPrimaries = map[string]string{
+	"bridge":      "its veth is a bridge port: the IP layer sees the bridge as the input interface and frames between sandboxes are switched, never routed",
+	"flannel":     "it delegates to the bridge plugin, whose veths are bridge ports",
+	"weave-net":   "its veths are ports of the weave bridge",
+	"ovs":         "its veths are Open vSwitch ports, switched outside the IP layer",
+	"macvlan":     "the sandbox's interface has no node-side peer",
+	"ipvlan":      "the sandbox's interface has no node-side peer",
+	"vlan":        "the sandbox's interface has no node-side peer",
+	"host-device": "it moves a node device into the sandbox: there is no node-side peer",
+	"sriov":       "it hands the sandbox a virtual function: there is no node-side peer",
+	"ib-sriov":    "it hands the sandbox a virtual function: there is no node-side peer",
+	"dummy":       "the sandbox's interface has no node-side peer",
+	"tap":         "the sandbox's interface is a tap device, not a veth",
+	"loopback":    "it configures only the loopback interface",
+	"bond":        "it bonds devices moved into the sandbox: there is no node-side peer",
+	"win-bridge":  "it is a Windows plugin",
+	"win-overlay": "it is a Windows plugin",
+}
+
+// PrimaryError says a conflist's first plugin does not give the routed veth
+// pair paddock chained mode needs.
+type PrimaryError struct {
+	Type   string // the primary plugin's "type"
+	Reason string // why paddock cannot enforce on its interface
+}
+
+func (e *PrimaryError) Error() string {
+	return fmt.Sprintf("its primary plugin is %q and paddock cannot enforce on that (%s), so every ADD on this network would fail: chain onto a network whose first plugin gives a routed veth pair (ptp, or a routed-veth primary such as calico), or install standalone (leave out --chain)", e.Type, e.Reason)
+}
+
+// checkPrimary refuses a conflist whose primary (its first plugin, unless
+// that is paddock itself) is known not to give a routed veth pair.
+func (d *doc) checkPrimary() error {
+	if len(d.types) == 0 || d.types[0] == PluginType {
+		return nil
+	}
+	if reason, ok := unroutedPrimaries[d.types[0]]; ok {
+		return &PrimaryError{Type: d.types[0], Reason: reason}
+	}
+	return nil
+}
+
 // index is the position of the paddock entry, or -1.
 func (d *doc) index() int {
 	for i, t := range d.types {
@@ -146,7 +192,9 @@ func (d *doc) index() int {
 // Chain returns data with e appended to its plugins list, and whether that
 // changed anything: a conflist that already holds an identical paddock
 // entry comes back unchanged, one with a different paddock entry gets it
-// replaced in place. Everything else in data is kept byte for byte.
+// replaced in place. Everything else in data is kept byte for byte. A
+// conflist whose primary plugin gives no routed veth pair is refused with a
+// *PrimaryError, even when it already holds a paddock entry.
 func Chain(data []byte, e Entry) ([]byte, bool, error) {
 	d, err := parse(data)
 	if err != nil {
@@ -157,6 +205,9 @@ func Chain(data []byte, e Entry) ([]byte, bool, error) {
 			return nil, false, ErrNotList
 		}
 		return nil, false, errors.New(`no "plugins" list: not a CNI conflist`)
+	}
+	if err := d.checkPrimary(); err != nil {
+		return nil, false, err
 	}
 	if i := d.index(); i >= 0 {
 		s := d.plugins[i]

@@ -18,17 +18,24 @@ var update = flag.Bool("update", false, "rewrite the testdata/*.chained golden f
 
 var entry = NewEntry("default", "/run/paddock/paddockd.sock")
 
-// fixtures are real-shaped conflists: podman's and containerd's defaults,
-// ptp, a compact one-line file with unknown fields, a tab-indented chain.
+// fixtures are real-shaped conflists paddock chains onto: ptp, Calico's
+// Kubernetes default, a compact one-line file with unknown fields, a
+// tab-indented chain.
 var fixtures = []struct {
 	file, network string
 	plugins       []string // plugin types before paddock
 }{
-	{"87-podman-bridge.conflist", "podman", []string{"bridge", "portmap", "firewall", "tuning"}},
-	{"10-containerd-net.conflist", "containerd-net", []string{"bridge", "portmap"}},
+	{"10-calico.conflist", "k8s-pod-network", []string{"calico", "portmap", "bandwidth"}},
 	{"20-ptp.conflist", "ptp-net", []string{"ptp"}},
-	{"30-compact.conflist", "compact", []string{"macvlan", "bandwidth"}},
-	{"40-tabbed.conflist", "tabbed", []string{"bridge", "tuning", "firewall"}},
+	{"30-compact.conflist", "compact", []string{"ptp", "bandwidth"}},
+	{"40-tabbed.conflist", "tabbed", []string{"ptp", "tuning", "firewall"}},
+}
+
+// refused are real-shaped conflists whose primary paddock cannot enforce
+// on: podman's and containerd's bridge defaults.
+var refused = []struct{ file, network, primary string }{
+	{"87-podman-bridge.conflist", "podman", "bridge"},
+	{"10-containerd-net.conflist", "containerd-net", "bridge"},
 }
 
 func readFixture(t *testing.T, name string) []byte {
@@ -116,7 +123,7 @@ func TestChainUnchain(t *testing.T) {
 }
 
 func TestChainUpdatesEntryInPlace(t *testing.T) {
-	orig := readFixture(t, "87-podman-bridge.conflist")
+	orig := readFixture(t, "10-calico.conflist")
 	first, _, err := Chain(orig, entry)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +134,7 @@ func TestChainUpdatesEntryInPlace(t *testing.T) {
 		t.Fatalf("Chain with another policy: changed=%v err=%v", changed, err)
 	}
 	ps := pluginsOf(t, second)
-	if len(ps) != 5 || ps[4]["policy"] != "ci" || ps[4]["daemonSocket"] != "/run/other.sock" {
+	if len(ps) != 4 || ps[3]["policy"] != "ci" || ps[3]["daemonSocket"] != "/run/other.sock" {
 		t.Fatalf("entry not replaced in place: %v", ps)
 	}
 	back, _, err := Unchain(second)
@@ -195,6 +202,51 @@ func TestChainRefuses(t *testing.T) {
 	}
 	if _, _, err := Chain(readFixture(t, "99-single.conf"), entry); !errors.Is(err, ErrNotList) {
 		t.Errorf("err = %v, want ErrNotList", err)
+	}
+}
+
+// TestChainRefusesUnroutedPrimary: a primary that gives no routed veth pair
+// is refused with a PrimaryError naming its type and what works instead,
+// also when the conflist already holds a paddock entry; other primaries,
+// known or not, are chained.
+func TestChainRefusesUnroutedPrimary(t *testing.T) {
+	cases := map[string]string{}
+	for _, f := range refused {
+		cases[f.file] = string(readFixture(t, f.file))
+	}
+	for _, typ := range []string{"bridge", "macvlan", "ipvlan", "host-device", "vlan", "sriov", "dummy", "tap", "flannel"} {
+		cases[typ] = `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"` + typ + `"},{"type":"tuning"}]}`
+	}
+	cases["bridge already chained"] = `{"name":"n","plugins":[{"type":"bridge"},{"type":"paddock","policy":"x","daemonSocket":"/s"}]}`
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			out, changed, err := Chain([]byte(in), entry)
+			var pe *PrimaryError
+			if !errors.As(err, &pe) || out != nil || changed {
+				t.Fatalf("Chain = %q, %v, %v; want a *PrimaryError", out, changed, err)
+			}
+			var first struct {
+				Plugins []struct{ Type string } `json:"plugins"`
+			}
+			if err := json.Unmarshal([]byte(in), &first); err != nil {
+				t.Fatal(err)
+			}
+			if pe.Type != first.Plugins[0].Type {
+				t.Errorf("PrimaryError.Type = %q, want %q", pe.Type, first.Plugins[0].Type)
+			}
+			msg := err.Error()
+			for _, want := range []string{`"` + pe.Type + `"`, "ptp", "calico", "leave out --chain"} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("error %q does not mention %s", msg, want)
+				}
+			}
+		})
+	}
+	for _, typ := range []string{"ptp", "calico", "cilium-cni", "some-routed-veth-plugin"} {
+		in := `{"name":"n","plugins":[{"type":"` + typ + `"}]}`
+		if _, changed, err := Chain([]byte(in), entry); err != nil || !changed {
+			t.Errorf("primary %q: changed=%v err=%v, want it chained", typ, changed, err)
+		}
 	}
 }
 

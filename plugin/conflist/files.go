@@ -109,7 +109,7 @@ func plan(o Options) (*install, error) {
 	}
 	out, changed, err := Chain(data, o.Entry)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("network %q in %s: %w", o.Chain, path, err)
 	}
 	p := &install{change: Change{File: path, Action: Unchanged}, target: target, orig: data, out: out, mode: mode}
 	if changed {

@@ -2,6 +2,7 @@ package conflist
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,7 +15,11 @@ import (
 func confDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, f := range append(fixtureFiles(), "99-single.conf") {
+	files := append(fixtureFiles(), "99-single.conf")
+	for _, f := range refused {
+		files = append(files, f.file)
+	}
+	for _, f := range files {
 		if err := os.WriteFile(filepath.Join(dir, f), readFixture(t, f), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -199,6 +204,22 @@ func TestInstallRefusals(t *testing.T) {
 			sameSnapshot(t, snapshot(t, dir), orig)
 		})
 	}
+	for _, f := range refused {
+		t.Run(f.network, func(t *testing.T) {
+			dir := confDir(t)
+			orig := snapshot(t, dir)
+			o := Options{ConfDir: dir, Chain: f.network, Entry: entry}
+			var pe *PrimaryError
+			if err := Check(o); !errors.As(err, &pe) || pe.Type != f.primary {
+				t.Errorf("Check = %v, want a PrimaryError for %q", err, f.primary)
+			}
+			_, err := Install(o)
+			if !errors.As(err, &pe) || pe.Type != f.primary || !strings.Contains(err.Error(), f.file) || !strings.Contains(err.Error(), `"`+f.network+`"`) {
+				t.Errorf("Install = %v, want a PrimaryError for %q naming the network and %s", err, f.primary, f.file)
+			}
+			sameSnapshot(t, snapshot(t, dir), orig)
+		})
+	}
 	if _, err := Install(Options{ConfDir: t.TempDir(), Chain: "podman", Entry: entry}); err == nil || !strings.Contains(err.Error(), "holds no CNI configuration") {
 		t.Errorf("empty dir: %v", err)
 	}
@@ -211,15 +232,15 @@ func TestInstallRefusals(t *testing.T) {
 // stays a symlink; the file it names is edited.
 func TestInstallThroughSymlink(t *testing.T) {
 	dir, elsewhere := t.TempDir(), t.TempDir()
-	real := filepath.Join(elsewhere, "podman.conflist")
-	if err := os.WriteFile(real, readFixture(t, "87-podman-bridge.conflist"), 0o644); err != nil {
+	real := filepath.Join(elsewhere, "calico.conflist")
+	if err := os.WriteFile(real, readFixture(t, "10-calico.conflist"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	link := filepath.Join(dir, "87-podman-bridge.conflist")
+	link := filepath.Join(dir, "10-calico.conflist")
 	if err := os.Symlink(real, link); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Install(Options{ConfDir: dir, Chain: "podman", Entry: entry}); err != nil {
+	if _, err := Install(Options{ConfDir: dir, Chain: "k8s-pod-network", Entry: entry}); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
@@ -228,10 +249,10 @@ func TestInstallThroughSymlink(t *testing.T) {
 	if has, _ := HasEntry(readFile2(t, real)); !has {
 		t.Error("the linked file was not chained")
 	}
-	if _, err := Uninstall(dir, "podman"); err != nil {
+	if _, err := Uninstall(dir, "k8s-pod-network"); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(readFile2(t, real), readFixture(t, "87-podman-bridge.conflist")) {
+	if !bytes.Equal(readFile2(t, real), readFixture(t, "10-calico.conflist")) {
 		t.Error("uninstall did not restore the linked file")
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {

@@ -196,14 +196,14 @@ func TestMakeInstall(t *testing.T) {
 	}
 	sameTree(t, "after a second make install", tree(t, dest), installed)
 
-	// The installed CLI chains paddock onto podman's and containerd's
-	// networks and writes the standalone one.
+	// The installed CLI chains paddock onto a ptp network and Calico's,
+	// writes the standalone one, and refuses podman's bridge network.
 	netd := filepath.Join(dest, "etc/cni/net.d")
 	if err := os.MkdirAll(netd, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	fixtures := filepath.Join(repo, "plugin/conflist/testdata")
-	for _, f := range []string{"87-podman-bridge.conflist", "10-containerd-net.conflist"} {
+	for _, f := range []string{"20-ptp.conflist", "10-calico.conflist", "87-podman-bridge.conflist"} {
 		b, err := os.ReadFile(filepath.Join(fixtures, f))
 		if err != nil {
 			t.Fatal(err)
@@ -216,16 +216,20 @@ func TestMakeInstall(t *testing.T) {
 	beforeBytes := contents(t, netd)
 	cli := filepath.Join(dest, "usr/local/bin/paddock")
 	flags := []string{"--conf-dir", netd, "--bin-dir", filepath.Join(dest, "opt/cni/bin")}
-	for _, network := range []string{"podman", "containerd-net"} {
+	for _, network := range []string{"ptp-net", "k8s-pod-network"} {
 		mustRun(t, repo, nil, cli, append([]string{"cni", "install", "--chain", network}, flags...)...)
+	}
+	if out, err := run(t, repo, nil, cli, append([]string{"cni", "install", "--chain", "podman"}, flags...)...); err == nil || !strings.Contains(out, `primary plugin is "bridge"`) {
+		t.Errorf("cni install --chain podman (a bridge network): err %v, want a refusal naming the bridge primary\n%s", err, out)
 	}
 	mustRun(t, repo, nil, cli, append([]string{"cni", "install", "--policy", "ci"}, flags...)...)
 	sameTree(t, "after cni install", tree(t, netd), []string{
-		"-rw-r--r-- /10-containerd-net.conflist",
-		"-rw-r--r-- /10-containerd-net.conflist.paddock-backup",
+		"-rw-r--r-- /10-calico.conflist",
+		"-rw-r--r-- /10-calico.conflist.paddock-backup",
 		"-rw-r--r-- /10-paddock.conflist",
+		"-rw-r--r-- /20-ptp.conflist",
+		"-rw-r--r-- /20-ptp.conflist.paddock-backup",
 		"-rw-r--r-- /87-podman-bridge.conflist",
-		"-rw-r--r-- /87-podman-bridge.conflist.paddock-backup",
 	})
 
 	// uninstall refuses while a conflist still names the plugin.
@@ -237,7 +241,7 @@ func TestMakeInstall(t *testing.T) {
 		t.Errorf("refused uninstall removed the plugin: %v", err)
 	}
 
-	for _, network := range []string{"podman", "containerd-net", ""} {
+	for _, network := range []string{"ptp-net", "k8s-pod-network", ""} {
 		mustRun(t, repo, nil, cli, append([]string{"cni", "uninstall", "--chain", network}, flags...)...)
 	}
 	sameTree(t, "after cni uninstall", tree(t, netd), before)
@@ -311,7 +315,7 @@ func TestCNIInstallRefusals(t *testing.T) {
 	repo, bin := repoRoot(t), buildBin(t)
 	cli := filepath.Join(bin, "paddock")
 	netd, cniBin := t.TempDir(), t.TempDir()
-	for _, f := range []string{"87-podman-bridge.conflist", "99-single.conf"} {
+	for _, f := range []string{"87-podman-bridge.conflist", "20-ptp.conflist", "99-single.conf"} {
 		b, err := os.ReadFile(filepath.Join(repo, "plugin/conflist/testdata", f))
 		if err != nil {
 			t.Fatal(err)
@@ -328,11 +332,12 @@ func TestCNIInstallRefusals(t *testing.T) {
 	}{
 		{"single-plugin conf", []string{"--chain", "single"}, "99-single.conf"},
 		{"unknown network", []string{"--chain", "nope"}, `no network "nope"`},
-		{"bad policy", []string{"--chain", "podman", "--policy", "Has Spaces"}, `--policy "Has Spaces"`},
-		{"relative socket", []string{"--chain", "podman", "--socket", "run/x.sock"}, "not an absolute path"},
+		{"bridge primary", []string{"--chain", "podman"}, `primary plugin is "bridge"`},
+		{"bad policy", []string{"--chain", "ptp-net", "--policy", "Has Spaces"}, `--policy "Has Spaces"`},
+		{"relative socket", []string{"--chain", "ptp-net", "--socket", "run/x.sock"}, "not an absolute path"},
 		{"ipv6 subnet", []string{"--subnet", "2001:db8::/64"}, "--subnet"},
-		{"stray argument", []string{"--chain", "podman", "extra"}, `unexpected argument "extra"`},
-		{"missing plugin", []string{"--chain", "podman", "--copy-binary", filepath.Join(bin, "nonexistent")}, "nonexistent"},
+		{"stray argument", []string{"--chain", "ptp-net", "extra"}, `unexpected argument "extra"`},
+		{"missing plugin", []string{"--chain", "ptp-net", "--copy-binary", filepath.Join(bin, "nonexistent")}, "nonexistent"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"cni", "install", "--conf-dir", netd, "--bin-dir", cniBin, "--copy-binary", cli}, tc.args...)
