@@ -69,6 +69,13 @@ func childMain(log *slog.Logger) error {
 		}
 		cfg.DNSTCP = l
 	}
+	if cfg.ExplicitFD > 0 {
+		l, err := net.FileListener(os.NewFile(uintptr(cfg.ExplicitFD), "explicit-socket"))
+		if err != nil {
+			return fmt.Errorf("explicit socket fd %d: %w", cfg.ExplicitFD, err)
+		}
+		cfg.Explicit = l
+	}
 	if cfg.AuditFD > 0 {
 		cfg.Audit = os.NewFile(uintptr(cfg.AuditFD), "audit.jsonl")
 	}

@@ -37,11 +37,13 @@ type Config struct {
 	DNSUDPFD   int `json:"dnsUDPFD,omitempty"`
 	DNSTCPFD   int `json:"dnsTCPFD,omitempty"`
 	AuditFD    int `json:"auditFD,omitempty"`
+	ExplicitFD int `json:"explicitFD,omitempty"`
 
 	Listener   net.Listener          `json:"-"` // transparent TCP listener
 	DNSUDP     *net.UDPConn          `json:"-"`
 	DNSTCP     net.Listener          `json:"-"`
 	Audit      io.Writer             `json:"-"` // audit.jsonl
+	Explicit   net.Listener          `json:"-"` // paddockd's root-only explicit socket
 	Log        *slog.Logger          `json:"-"`
 	Registerer prometheus.Registerer `json:"-"`
 	// Sandboxes carries the full sandbox list as one JSON line ([]api.Sandbox)
@@ -147,6 +149,15 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 				sb, _ := sbs.lookup(src.Addr())
 				go srv.ServeConn(c, sb, origdst.OriginalDst(c))
+			}
+		})
+	}
+	if cfg.Explicit != nil {
+		go func() { <-ctx.Done(); cfg.Explicit.Close() }()
+		wg.Go(func() {
+			if err := srv.ServeExplicitSocket(cfg.Explicit); err != nil && ctx.Err() == nil {
+				log.Error("explicit socket stopped", "reason", err.Error())
+				cancel()
 			}
 		})
 	}

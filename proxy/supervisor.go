@@ -31,6 +31,9 @@ type SupervisorConfig struct {
 	User string
 	// Listeners handed to the child; each may be nil.
 	TCP, DNSUDP, DNSTCP filer
+	// Explicit is paddockd's root-only explicit socket (*net.UnixListener);
+	// nil: none.
+	Explicit filer
 	// AuditPath is opened (append, 0640) by the supervisor and inherited.
 	AuditPath string
 	Log       *slog.Logger
@@ -136,7 +139,7 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 	for _, x := range []struct {
 		f  filer
 		fd *int
-	}{{cfg.TCP, &pc.ListenerFD}, {cfg.DNSUDP, &pc.DNSUDPFD}, {cfg.DNSTCP, &pc.DNSTCPFD}} {
+	}{{cfg.TCP, &pc.ListenerFD}, {cfg.DNSUDP, &pc.DNSUDPFD}, {cfg.DNSTCP, &pc.DNSTCPFD}, {cfg.Explicit, &pc.ExplicitFD}} {
 		if err := add(x.f, x.fd); err != nil {
 			return fail(err)
 		}
