@@ -2,19 +2,21 @@
 // without enforcement, in one run over the test world's topology (package
 // test/world), and prints one table:
 //
-//	sudo go run ./tools/bench [-duration 2s] [-workers 4] [-bulk 64] [-max-conns 10000]
+//	sudo go run ./tools/bench [-duration 2s] [-rounds 4] [-workers 4] [-bulk 64] [-max-conns 10000]
 //
 // Columns: "direct" is a plain sandbox the node simply forwards (no
 // paddock), "eBPF" a CNI sandbox under `paddockd --redirect bpf`, "nftables"
 // one under `paddockd --redirect nftables` in a second, identical world
-// (one paddockd per node). Each measurement runs for every column back to
-// back, so that load from elsewhere on the machine hits them alike.
+// (one paddockd per node). Each measurement runs for every column, the
+// columns taking turns (-rounds), so that load from elsewhere on the machine hits them
+// alike; latencies are pooled over the rounds, bulk is the median download.
 //
 // The enforcer rows dial the TCP echo server (192.0.2.20:7) from inside the
-// sandbox's namespace on a locked OS thread. Under paddock the handshake
-// completes at the proxy's transparent listener, so "TCP connect" measures
-// the redirect itself; "connect+echo" adds the proxy's opaque-TCP decision
-// (a `tcp:` policy rule), its upstream dial and the splice. The proxy rows
+// sandbox's namespace on OS threads locked there, and close with a reset.
+// Under paddock the handshake completes at the proxy's transparent listener,
+// so "TCP connect" and "connect+close" measure the redirect itself;
+// "connect+echo" adds the proxy's opaque-TCP decision (a `tcp:` policy
+// rule), its upstream dial and the splice. The proxy rows
 // fetch https://allowed.test/ at 192.0.2.10:443 over HTTP/1.1: direct
 // trusting the world's CA, under paddock trusting paddock's CA (the proxy
 // terminates TLS and dials upstream by name).
@@ -52,6 +54,7 @@ const (
 	rowConnect99   = "TCP connect p99 (µs)"
 	rowEcho50      = "connect+echo p50 (µs)"
 	rowEcho99      = "connect+echo p99 (µs)"
+	rowConnRate    = "TCP connect+close (conn/s)"
 	rowEchoRate    = "connect+echo+close (conn/s)"
 	rowKeepAlive   = "HTTPS keep-alive (req/s)"
 	rowNewConn     = "HTTPS new conn+TLS (conn/s)"
@@ -69,11 +72,12 @@ func (stderrLog) Logf(format string, args ...any) {
 }
 
 func main() {
-	lim := limits{samples: 1000, bulkReps: 3}
-	flag.DurationVar(&lim.duration, "duration", 2*time.Second, "time bound of each measurement (per column)")
+	lim := limits{samples: 1000, bulkReps: 1}
+	flag.DurationVar(&lim.duration, "duration", 2*time.Second, "time bound of each measurement, per column")
+	flag.IntVar(&lim.rounds, "rounds", 4, "rounds each measurement is split into, the columns taking turns")
 	flag.IntVar(&lim.workers, "workers", defaultWorkers, "concurrent clients in the rate measurements")
 	flag.IntVar(&lim.maxConns, "max-conns", 10000, "connections one rate measurement may open at most")
-	bulkMiB := flag.Int("bulk", 64, "MiB per bulk download (3 downloads, median)")
+	bulkMiB := flag.Int("bulk", 64, "MiB per bulk download (one per round, median)")
 	flag.Parse()
 	lim.bulk = *bulkMiB << 20
 	if err := lim.check(); err != nil {
@@ -100,12 +104,15 @@ func (l limits) check() error {
 	case l.workers < 1 || l.workers > 64:
 		return fmt.Errorf("-workers %d: want 1 to 64", l.workers)
 	case l.maxConns < l.workers || l.maxConns > 20000:
-		// Every connection leaves a TIME_WAIT socket on the side that
-		// closes first for a minute; 20000 stays clear of the ephemeral
-		// port range.
+		// The proxy closes its upstream connections first: each leaves a
+		// TIME_WAIT socket in the node namespace for a minute, and 20000
+		// stays clear of the ephemeral port range.
 		return fmt.Errorf("-max-conns %d: want -workers to 20000", l.maxConns)
 	case l.bulk < 1<<20 || l.bulk > 1<<30:
 		return fmt.Errorf("-bulk %d MiB: want 1 to 1024", l.bulk>>20)
+	case l.rounds < 1 || l.rounds > 20 || l.duration/time.Duration(max(l.rounds, 1)) < 50*time.Millisecond ||
+		l.maxConns/max(l.rounds, 1) < l.workers:
+		return fmt.Errorf("-rounds %d: want 1 to 20, with at least 50ms and -workers connections per round", l.rounds)
 	}
 	return nil
 }
@@ -144,64 +151,92 @@ func run(ctx context.Context, lim limits) error {
 	for i, t := range targets {
 		names[i] = t.name
 	}
-	tab := newTable(names, rowConnect50, rowConnect99, rowEcho50, rowEcho99, rowEchoRate,
+	tab := newTable(names, rowConnect50, rowConnect99, rowEcho50, rowEcho99, rowConnRate, rowEchoRate,
 		rowKeepAlive, rowNewConn, rowNewConn50, rowBulk)
 
 	bulkURL := fmt.Sprintf("https://allowed.test/bytes?n=%d", lim.bulk)
+	echo := func() error { _, _, err := echoOnce(echoAddr); return err }
 	steps := []struct {
-		rows []string
-		fn   func(t target) ([]float64, error)
+		rows    []string
+		measure func(t target, lim limits) (sample, error)
+		figures func(s sample) []float64
 	}{
-		{[]string{rowConnect50, rowConnect99, rowEcho50, rowEcho99}, func(t target) ([]float64, error) {
-			l, err := measureEchoLatency(t, echoAddr, lim)
-			return []float64{
-				percentile(l.connect, 50, time.Microsecond), percentile(l.connect, 99, time.Microsecond),
-				percentile(l.echo, 50, time.Microsecond), percentile(l.echo, 99, time.Microsecond),
-			}, err
-		}},
-		{[]string{rowEchoRate}, func(t target) ([]float64, error) {
-			r, err := measureEchoRate(t, echoAddr, lim)
-			return []float64{r}, err
-		}},
-		{[]string{rowKeepAlive}, func(t target) ([]float64, error) {
-			r, _, err := measureHTTPS(t, httpsURL, true, lim)
-			return []float64{r}, err
-		}},
-		{[]string{rowNewConn, rowNewConn50}, func(t target) ([]float64, error) {
-			r, lat, err := measureHTTPS(t, httpsURL, false, lim)
-			return []float64{r, percentile(lat, 50, time.Millisecond)}, err
-		}},
-		{[]string{rowBulk}, func(t target) ([]float64, error) {
-			r, err := measureBulk(t, bulkURL, lim)
-			return []float64{r}, err
-		}},
+		{
+			[]string{rowConnect50, rowConnect99, rowEcho50, rowEcho99},
+			func(t target, lim limits) (sample, error) { return measureEchoLatency(t, echoAddr, lim) },
+			func(s sample) []float64 {
+				return []float64{
+					percentile(s.connect, 50, time.Microsecond), percentile(s.connect, 99, time.Microsecond),
+					percentile(s.latency, 50, time.Microsecond), percentile(s.latency, 99, time.Microsecond),
+				}
+			},
+		},
+		{
+			[]string{rowConnRate},
+			func(t target, lim limits) (sample, error) {
+				return measureConnRate(t, func() error { return connectOnce(echoAddr) }, lim)
+			},
+			func(s sample) []float64 { return []float64{s.rate()} },
+		},
+		{
+			[]string{rowEchoRate},
+			func(t target, lim limits) (sample, error) { return measureConnRate(t, echo, lim) },
+			func(s sample) []float64 { return []float64{s.rate()} },
+		},
+		{
+			[]string{rowKeepAlive},
+			func(t target, lim limits) (sample, error) { return measureHTTPS(t, httpsURL, true, lim) },
+			func(s sample) []float64 { return []float64{s.rate()} },
+		},
+		{
+			[]string{rowNewConn, rowNewConn50},
+			func(t target, lim limits) (sample, error) { return measureHTTPS(t, httpsURL, false, lim) },
+			func(s sample) []float64 { return []float64{s.rate(), percentile(s.latency, 50, time.Millisecond)} },
+		},
+		{
+			[]string{rowBulk},
+			func(t target, lim limits) (sample, error) { return measureBulk(t, bulkURL, lim) },
+			func(s sample) []float64 { return []float64{s.medianMBs()} },
+		},
 	}
 	failed := false
-	for _, s := range steps {
-		for i, t := range targets {
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("interrupted: %w", err)
-			}
-			stderrLog{}.Logf("%s: %s", t.name, s.rows[0])
-			vs, err := s.fn(t)
-			for j, r := range s.rows {
-				if err != nil {
-					tab.fail(r, i, err)
-				} else {
-					tab.set(r, i, vs[j])
+	for _, st := range steps {
+		acc := make([]sample, len(targets))
+		errs := make([]error, len(targets))
+		for round := range lim.rounds {
+			for i, t := range targets {
+				if err := ctx.Err(); err != nil {
+					return fmt.Errorf("interrupted: %w", err)
 				}
+				if errs[i] != nil {
+					continue
+				}
+				stderrLog{}.Logf("%s: %s, round %d/%d", t.name, st.rows[0], round+1, lim.rounds)
+				s, err := st.measure(t, lim.round())
+				if err != nil {
+					errs[i] = err
+					failed = true
+					stderrLog{}.Logf("%s: %s: %v", t.name, st.rows[0], err)
+					continue
+				}
+				acc[i].add(s)
 			}
-			if err != nil {
-				failed = true
-				stderrLog{}.Logf("%s: %s: %v", t.name, s.rows[0], err)
+		}
+		for i := range targets {
+			for j, r := range st.rows {
+				if errs[i] != nil {
+					tab.fail(r, i, errs[i])
+				} else {
+					tab.set(r, i, st.figures(acc[i])[j])
+				}
 			}
 		}
 	}
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
-	fmt.Printf("paddock data path and proxy, %s, kernel %s, %d CPUs; %s per measurement, %d workers, bulk %d MiB\n",
+	fmt.Printf("paddock data path and proxy, %s, kernel %s, %d CPUs; %s per measurement in %d rounds, %d workers, bulk %d MiB\n",
 		time.Now().UTC().Format(time.DateTime), unix.ByteSliceToString(uts.Release[:]), runtime.NumCPU(),
-		lim.duration, lim.workers, lim.bulk>>20)
+		lim.duration, lim.rounds, lim.workers, lim.bulk>>20)
 	fmt.Printf("enforcer rows: client in the sandbox netns -> %s (TCP echo); proxy rows: -> %s (HTTP/1.1)\n", echoAddr, httpsURL)
 	if err := tab.write(os.Stdout); err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"math"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,34 +60,47 @@ func TestTable(t *testing.T) {
 	}
 }
 
-// TestParallelBudget: the workers together never exceed the connection budget.
+// TestParallelBudget: the workers together never exceed the connection
+// budget, and their latencies and errors all arrive.
 func TestParallelBudget(t *testing.T) {
 	lim := limits{duration: time.Second, workers: 3, maxConns: 100}
-	var mu sync.Mutex
-	total := 0
-	if _, err := parallel(lim, func(budget *counter) (int, error) {
+	s, err := parallel(lim, func(budget *counter) (int, []time.Duration, error) {
 		n := 0
 		for budget.take() {
 			n++
 		}
-		mu.Lock()
-		total += n
-		mu.Unlock()
-		return n, nil
-	}); err != nil {
-		t.Fatal(err)
+		return n, []time.Duration{time.Millisecond}, nil
+	})
+	if err != nil || s.ops != lim.maxConns || len(s.latency) != lim.workers || s.elapsed <= 0 {
+		t.Fatalf("%d operations, %d latencies, %s, %v: want the budget of %d", s.ops, len(s.latency), s.elapsed, err, lim.maxConns)
 	}
-	if total != lim.maxConns {
-		t.Fatalf("%d operations, want the budget of %d", total, lim.maxConns)
-	}
-	_, err := parallel(lim, func(*counter) (int, error) { return 0, errors.New("dial: refused") })
+	_, err = parallel(lim, func(*counter) (int, []time.Duration, error) { return 0, nil, errors.New("dial: refused") })
 	if err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("a worker's error was lost: %v", err)
 	}
 }
 
+// TestSampleRounds: rounds add up to one figure; rates over the summed time.
+func TestSampleRounds(t *testing.T) {
+	var s sample
+	if !math.IsNaN(s.rate()) || !math.IsNaN(s.medianMBs()) {
+		t.Fatal("empty sample: want NaN figures")
+	}
+	s.add(sample{ops: 100, elapsed: time.Second, mbs: []float64{300}, latency: []time.Duration{1}})
+	s.add(sample{ops: 300, elapsed: time.Second, mbs: []float64{100}, latency: []time.Duration{2}})
+	s.add(sample{mbs: []float64{200}})
+	if s.rate() != 200 || s.medianMBs() != 200 || len(s.latency) != 2 {
+		t.Fatalf("rate %v, median %v, %d latencies", s.rate(), s.medianMBs(), len(s.latency))
+	}
+	l := limits{duration: 2 * time.Second, samples: 1000, maxConns: 10000, rounds: 4, workers: 4}
+	r := l.round()
+	if r.duration != 500*time.Millisecond || r.samples != 250 || r.maxConns != 2500 || r.workers != 4 {
+		t.Fatalf("round of %+v: %+v", l, r)
+	}
+}
+
 func TestLimitsRejected(t *testing.T) {
-	ok := limits{duration: 2 * time.Second, workers: 4, maxConns: 10000, bulk: 64 << 20, samples: 1000, bulkReps: 3}
+	ok := limits{duration: 2 * time.Second, workers: 4, maxConns: 10000, bulk: 64 << 20, samples: 1000, bulkReps: 1, rounds: 4}
 	if err := ok.check(); err != nil {
 		t.Fatalf("defaults refused: %v", err)
 	}
@@ -100,6 +112,8 @@ func TestLimitsRejected(t *testing.T) {
 		{func(l *limits) { l.workers = 0 }, "-workers 0"},
 		{func(l *limits) { l.maxConns = 50000 }, "-max-conns 50000"},
 		{func(l *limits) { l.bulk = 0 }, "-bulk 0 MiB"},
+		{func(l *limits) { l.rounds = 0 }, "-rounds 0"},
+		{func(l *limits) { l.rounds = 20; l.duration = 500 * time.Millisecond }, "-rounds 20"},
 	} {
 		l := ok
 		c.mod(&l)
@@ -120,22 +134,27 @@ func TestMeasurementsDirect(t *testing.T) {
 	tg := target{name: "direct", netns: p.NetNS, roots: w.CAPool()}
 	lim := limits{duration: 200 * time.Millisecond, samples: 20, maxConns: 30, workers: 2, bulk: 1 << 20, bulkReps: 1}
 	l, err := measureEchoLatency(tg, echoAddr, lim)
-	if err != nil || len(l.connect) == 0 || len(l.connect) > lim.samples || len(l.echo) != len(l.connect) {
-		t.Fatalf("latency: %d/%d samples, %v", len(l.connect), len(l.echo), err)
+	if err != nil || len(l.connect) == 0 || len(l.connect) > lim.samples || len(l.latency) != len(l.connect) {
+		t.Fatalf("latency: %d/%d samples, %v", len(l.connect), len(l.latency), err)
 	}
-	rate, err := measureEchoRate(tg, echoAddr, lim)
-	if err != nil || rate <= 0 {
-		t.Fatalf("echo rate %v, %v", rate, err)
-	}
-	for _, keep := range []bool{true, false} {
-		rate, lat, err := measureHTTPS(tg, httpsURL, keep, lim)
-		if err != nil || rate <= 0 || len(lat) == 0 || len(lat) > lim.maxConns {
-			t.Fatalf("https keepAlive=%v: %v req/s, %d samples, %v", keep, rate, len(lat), err)
+	for name, once := range map[string]func() error{
+		"connect": func() error { return connectOnce(echoAddr) },
+		"echo":    func() error { _, _, err := echoOnce(echoAddr); return err },
+	} {
+		s, err := measureConnRate(tg, once, lim)
+		if err != nil || s.ops == 0 || s.ops > lim.maxConns {
+			t.Fatalf("%s: %d connections, %v", name, s.ops, err)
 		}
 	}
-	mbs, err := measureBulk(tg, "https://allowed.test/bytes?n=1048576", lim)
-	if err != nil || mbs <= 0 {
-		t.Fatalf("bulk: %v MB/s, %v", mbs, err)
+	for _, keep := range []bool{true, false} {
+		s, err := measureHTTPS(tg, httpsURL, keep, lim)
+		if err != nil || s.ops == 0 || s.ops > lim.maxConns || len(s.latency) != s.ops {
+			t.Fatalf("https keepAlive=%v: %d requests, %d samples, %v", keep, s.ops, len(s.latency), err)
+		}
+	}
+	s, err := measureBulk(tg, "https://allowed.test/bytes?n=1048576", lim)
+	if err != nil || len(s.mbs) != 1 || s.mbs[0] <= 0 {
+		t.Fatalf("bulk: %v MB/s, %v", s.mbs, err)
 	}
 	if _, err := measureBulk(tg, "https://allowed.test/bytes?n=10", lim); err == nil {
 		t.Fatal("bulk: a short body passed")

@@ -7,9 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,14 +27,26 @@ type target struct {
 	roots *x509.CertPool
 }
 
-// limits bound every measurement in time and in count.
+// limits bound every measurement in time and in count. The measure
+// functions take the bounds of one round (limits.round).
 type limits struct {
-	duration time.Duration // per timed measurement
+	duration time.Duration // per timed measurement and target
 	samples  int           // sequential latency samples
 	maxConns int           // connections one rate measurement may open
 	workers  int           // concurrent clients in rate measurements
 	bulk     int           // bytes per bulk download
-	bulkReps int
+	bulkReps int           // downloads per round
+	rounds   int           // every measurement is split into rounds, targets taking turns
+}
+
+// round is the share of l one round of a measurement may use.
+func (l limits) round() limits {
+	r := l
+	r.duration = l.duration / time.Duration(l.rounds)
+	r.samples = max(1, l.samples/l.rounds)
+	r.maxConns = l.maxConns / l.rounds
+	r.rounds = 1
+	return r
 }
 
 // echoMsg starts with a byte that is neither a TLS record nor an HTTP
@@ -52,14 +65,41 @@ func inNetns(path string, fn func() error) error {
 	return h.Do(func(ns.NetNS) error { return fn() })
 }
 
+// dial connects to addr from the calling thread's namespace. The
+// connection closes with a reset (linger 0): thousands of short connections
+// must not leave TIME_WAIT sockets behind that eat the sandbox's ephemeral
+// ports and skew later measurements.
+func dial(addr string) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	tc := c.(*net.TCPConn)
+	if err := tc.SetLinger(0); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("linger: %w", err)
+	}
+	return tc, nil
+}
+
+// connectOnce only completes the handshake and closes: under paddock that
+// is the redirect and the proxy's accept, nothing upstream.
+func connectOnce(addr string) error {
+	c, err := dial(addr)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
 // echoOnce dials the echo server, sends echoMsg, reads it back and closes,
 // returning the handshake time and the time until the echo arrived.
 func echoOnce(addr string) (connect, echo time.Duration, err error) {
-	d := net.Dialer{Timeout: 5 * time.Second}
 	start := time.Now()
-	c, err := d.Dial("tcp4", addr)
+	c, err := dial(addr)
 	if err != nil {
-		return 0, 0, fmt.Errorf("dial %s: %w", addr, err)
+		return 0, 0, err
 	}
 	defer c.Close()
 	connect = time.Since(start)
@@ -76,11 +116,46 @@ func echoOnce(addr string) (connect, echo time.Duration, err error) {
 	return connect, time.Since(start), nil
 }
 
-// echoLatency is the sequential connect and connect+echo latency.
-type echoLatency struct{ connect, echo []time.Duration }
+// sample is what one measurement round of one target yields; rounds of the
+// same target add up (add) before the table's figures are computed.
+type sample struct {
+	ops     int           // completed operations (connections, requests)
+	elapsed time.Duration // wall time they took
+	connect []time.Duration
+	latency []time.Duration
+	mbs     []float64 // bulk throughput per download, MB/s
+}
 
-func measureEchoLatency(t target, addr string, lim limits) (echoLatency, error) {
-	var r echoLatency
+func (s *sample) add(o sample) {
+	s.ops += o.ops
+	s.elapsed += o.elapsed
+	s.connect = append(s.connect, o.connect...)
+	s.latency = append(s.latency, o.latency...)
+	s.mbs = append(s.mbs, o.mbs...)
+}
+
+// rate is operations per second; NaN before any round ran.
+func (s sample) rate() float64 {
+	if s.elapsed <= 0 {
+		return math.NaN()
+	}
+	return float64(s.ops) / s.elapsed.Seconds()
+}
+
+// medianMBs is the median bulk throughput; NaN without downloads.
+func (s sample) medianMBs() float64 {
+	if len(s.mbs) == 0 {
+		return math.NaN()
+	}
+	m := slices.Clone(s.mbs)
+	slices.Sort(m)
+	return m[len(m)/2]
+}
+
+// measureEchoLatency connects to the echo server one connection after the
+// other: connect is the handshake, latency until the echo arrived.
+func measureEchoLatency(t target, addr string, lim limits) (sample, error) {
+	var r sample
 	err := inNetns(t.netns, func() error {
 		deadline := time.Now().Add(lim.duration)
 		for i := 0; i < lim.samples && time.Now().Before(deadline); i++ {
@@ -89,29 +164,29 @@ func measureEchoLatency(t target, addr string, lim limits) (echoLatency, error) 
 				return err
 			}
 			r.connect = append(r.connect, c)
-			r.echo = append(r.echo, e)
+			r.latency = append(r.latency, e)
 		}
 		return nil
 	})
 	return r, err
 }
 
-// measureEchoRate is complete connect+echo+close cycles per second with
-// lim.workers clients in parallel.
-func measureEchoRate(t target, addr string, lim limits) (float64, error) {
-	return parallel(lim, func(budget *counter) (int, error) {
+// measureConnRate runs cycles of once with lim.workers clients in parallel,
+// each on an OS thread in t's namespace.
+func measureConnRate(t target, once func() error, lim limits) (sample, error) {
+	return parallel(lim, func(budget *counter) (int, []time.Duration, error) {
 		n := 0
 		err := inNetns(t.netns, func() error {
 			deadline := time.Now().Add(lim.duration)
 			for time.Now().Before(deadline) && budget.take() {
-				if _, _, err := echoOnce(addr); err != nil {
+				if err := once(); err != nil {
 					return err
 				}
 				n++
 			}
 			return nil
 		})
-		return n, err
+		return n, nil, err
 	})
 }
 
@@ -132,31 +207,32 @@ func (c *counter) take() bool {
 }
 
 // parallel runs lim.workers copies of work, which report how many
-// operations they completed within lim.duration, and returns operations per
-// second over the wall time.
-func parallel(lim limits, work func(budget *counter) (int, error)) (float64, error) {
+// operations they completed within lim.duration and, optionally, their
+// latencies; together they may take lim.maxConns operations at most.
+func parallel(lim limits, work func(budget *counter) (int, []time.Duration, error)) (sample, error) {
 	budget := &counter{n: lim.maxConns}
 	var wg sync.WaitGroup
 	counts := make([]int, lim.workers)
+	lats := make([][]time.Duration, lim.workers)
 	errs := make([]error, lim.workers)
 	start := time.Now()
 	for i := range lim.workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			counts[i], errs[i] = work(budget)
+			counts[i], lats[i], errs[i] = work(budget)
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	r := sample{elapsed: time.Since(start)}
 	if err := errors.Join(errs...); err != nil {
-		return 0, err
+		return sample{}, err
 	}
-	total := 0
-	for _, n := range counts {
-		total += n
+	for i, n := range counts {
+		r.ops += n
+		r.latency = append(r.latency, lats[i]...)
 	}
-	return float64(total) / elapsed.Seconds(), nil
+	return r, nil
 }
 
 // httpsClient dials webAddr from inside t's namespace whatever the URL's
@@ -204,64 +280,54 @@ func get(c *http.Client, url string) (int64, error) {
 	return n, nil
 }
 
-// measureHTTPS is requests per second for GET url with lim.workers clients,
-// each on its own connection (keepAlive) or a new one per request; it also
-// returns the sampled request latencies.
-func measureHTTPS(t target, url string, keepAlive bool, lim limits) (float64, []time.Duration, error) {
+// measureHTTPS runs GET url with lim.workers clients, each on its own
+// kept-alive connection (keepAlive) or a new one per request.
+func measureHTTPS(t target, url string, keepAlive bool, lim limits) (sample, error) {
 	c, err := httpsClient(t, keepAlive)
 	if err != nil {
-		return 0, nil, err
+		return sample{}, err
 	}
 	defer c.CloseIdleConnections()
 	// One warm-up request: the proxy mints its certificate for the name
 	// once, and that is not what a rate measures.
 	if _, err := get(c, url); err != nil {
-		return 0, nil, err
+		return sample{}, err
 	}
-	var mu sync.Mutex
-	var lat []time.Duration
-	rate, err := parallel(lim, func(budget *counter) (int, error) {
-		n := 0
-		var mine []time.Duration
+	return parallel(lim, func(budget *counter) (int, []time.Duration, error) {
+		var lat []time.Duration
 		deadline := time.Now().Add(lim.duration)
 		for time.Now().Before(deadline) && budget.take() {
 			start := time.Now()
 			if _, err := get(c, url); err != nil {
-				return n, err
+				return len(lat), lat, err
 			}
-			mine = append(mine, time.Since(start))
-			n++
+			lat = append(lat, time.Since(start))
 		}
-		mu.Lock()
-		lat = append(lat, mine...)
-		mu.Unlock()
-		return n, nil
+		return len(lat), lat, nil
 	})
-	return rate, lat, err
 }
 
 // measureBulk downloads lim.bulk bytes lim.bulkReps times on one kept-alive
-// connection and returns the median throughput in MB/s (10^6 bytes).
-func measureBulk(t target, url string, lim limits) (float64, error) {
+// connection, recording MB/s (10^6 bytes) for each download.
+func measureBulk(t target, url string, lim limits) (sample, error) {
 	c, err := httpsClient(t, true)
 	if err != nil {
-		return 0, err
+		return sample{}, err
 	}
 	defer c.CloseIdleConnections()
-	var rates []float64
+	var r sample
 	for range lim.bulkReps {
 		start := time.Now()
 		n, err := get(c, url)
 		if err != nil {
-			return 0, err
+			return sample{}, err
 		}
 		if n != int64(lim.bulk) {
-			return 0, fmt.Errorf("GET %s: %d bytes, want %d", url, n, lim.bulk)
+			return sample{}, fmt.Errorf("GET %s: %d bytes, want %d", url, n, lim.bulk)
 		}
-		rates = append(rates, float64(n)/1e6/time.Since(start).Seconds())
+		r.mbs = append(r.mbs, float64(n)/1e6/time.Since(start).Seconds())
 	}
-	sort.Float64s(rates)
-	return rates[len(rates)/2], nil
+	return r, nil
 }
 
 var webAddr = world.WebAddr.String() + ":443"
