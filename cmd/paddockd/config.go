@@ -42,6 +42,9 @@ type Config struct {
 	DNSListen     netip.AddrPort // transparent DNS listener (UDP and TCP)
 	ExplicitPort  int            // HTTP proxy port on each sandbox's gateway (HTTP_PROXY)
 	ProxyMetrics  string         // host:port of the proxy process's /metrics ("" disables)
+	// ExplicitSocket is the root-only Unix socket of the explicit proxy for
+	// trusted relays (paddock run --network none); "" disables it.
+	ExplicitSocket string
 
 	// Runtime dependencies main hands to the enforcer and the proxy
 	// supervisor; they are not read from flags or the file.
@@ -55,21 +58,22 @@ var resolvConf = "/etc/resolv.conf"
 
 func defaultConfig() *Config {
 	return &Config{
-		APISocket:     api.DefaultSocket,
-		StateDir:      "/var/lib/paddock",
-		LogDir:        "/var/log/paddock",
-		Redirect:      enforcer.RedirectBPF,
-		BPFFSDir:      "/sys/fs/bpf/paddock",
-		NFLOGGroup:    100,
-		NFLOGTapGroup: 101,
-		MetricsAddr:   "127.0.0.1:9464",
-		PolicyDir:     "/etc/paddock/policies",
-		CADir:         "/var/lib/paddock/ca",
-		ProxyUser:     "paddock-proxy",
-		TCPListen:     enforcer.DefaultTCPListen,
-		DNSListen:     enforcer.DefaultDNSListen,
-		ExplicitPort:  3128,
-		ProxyMetrics:  "127.0.0.1:9465",
+		APISocket:      api.DefaultSocket,
+		StateDir:       "/var/lib/paddock",
+		LogDir:         "/var/log/paddock",
+		Redirect:       enforcer.RedirectBPF,
+		BPFFSDir:       "/sys/fs/bpf/paddock",
+		NFLOGGroup:     100,
+		NFLOGTapGroup:  101,
+		MetricsAddr:    "127.0.0.1:9464",
+		PolicyDir:      "/etc/paddock/policies",
+		CADir:          "/var/lib/paddock/ca",
+		ProxyUser:      "paddock-proxy",
+		TCPListen:      enforcer.DefaultTCPListen,
+		DNSListen:      enforcer.DefaultDNSListen,
+		ExplicitPort:   3128,
+		ProxyMetrics:   "127.0.0.1:9465",
+		ExplicitSocket: api.DefaultExplicitSocket,
 	}
 }
 
@@ -97,6 +101,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.TextVar(&c.TCPListen, "tcp-listen", c.TCPListen, "`ip:port` of the transparent listener redirected TCP arrives on")
 	fs.IntVar(&c.ExplicitPort, "explicit-port", c.ExplicitPort, "`port` on each sandbox's gateway that serves the explicit HTTP proxy (HTTP_PROXY, CONNECT)")
 	fs.StringVar(&c.ProxyMetrics, "proxy-metrics-addr", c.ProxyMetrics, "`host:port` where the proxy process serves /metrics (empty: disabled)")
+	fs.StringVar(&c.ExplicitSocket, "explicit-socket", c.ExplicitSocket, "`path` of the root-only Unix socket where `paddock run --network none` reaches the explicit proxy (empty: none)")
 	fs.TextVar(&c.DNSListen, "dns-listen", c.DNSListen, "`ip:port` of the transparent DNS listener (keep port 53: replies are sent from it)")
 }
 
@@ -240,6 +245,9 @@ func (c *Config) validate() error {
 	}
 	if c.ExplicitPort < 1 || c.ExplicitPort > 65535 {
 		return fmt.Errorf("--explicit-port %d: want a port from 1 to 65535", c.ExplicitPort)
+	}
+	if c.ExplicitSocket != "" && c.ExplicitSocket == c.APISocket {
+		return fmt.Errorf("--explicit-socket %q is --api-socket too: give the explicit proxy its own path, or empty to disable it", c.ExplicitSocket)
 	}
 	if c.ProxyMetrics != "" {
 		if _, _, err := net.SplitHostPort(c.ProxyMetrics); err != nil {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net"
+	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/paddock-sandbox/paddock/enforcer"
 	"github.com/paddock-sandbox/paddock/plugin/api"
@@ -42,7 +45,14 @@ func newEnforcer(cfg *Config) (enforcer.Enforcer, error) {
 		return nil, err
 	}
 	ls := dp.Listeners()
-	sup, err := proxy.NewSupervisor(proxy.SupervisorConfig{
+	var explicit *net.UnixListener
+	if cfg.ExplicitSocket != "" {
+		if explicit, err = listenExplicit(cfg.ExplicitSocket); err != nil {
+			dp.Close()
+			return nil, err
+		}
+	}
+	sc := proxy.SupervisorConfig{
 		Proxy: proxy.Config{
 			PolicyDir:    cfg.PolicyDir,
 			CADir:        cfg.CADir,
@@ -57,13 +67,20 @@ func newEnforcer(cfg *Config) (enforcer.Enforcer, error) {
 		DNSTCP:    ls.DNSTCP,
 		AuditPath: filepath.Join(cfg.LogDir, AuditFile),
 		Log:       cfg.Logger.With("component", "proxy-supervisor"),
-	})
+	}
+	if explicit != nil { // a nil *UnixListener would be a non-nil filer
+		sc.Explicit = explicit
+	}
+	sup, err := proxy.NewSupervisor(sc)
 	if err != nil {
+		if explicit != nil {
+			explicit.Close()
+		}
 		dp.Close()
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &proxied{Datapath: dp, sup: sup, cancel: cancel, done: make(chan struct{})}
+	p := &proxied{Datapath: dp, sup: sup, explicit: explicit, cancel: cancel, done: make(chan struct{})}
 	cfg.Registry.OnChange(func(list []api.Sandbox) {
 		if err := sup.SetSandboxes(list); err != nil {
 			cfg.Logger.Warn("feed proxy", "reason", err.Error())
@@ -79,9 +96,10 @@ func newEnforcer(cfg *Config) (enforcer.Enforcer, error) {
 // proxied is the data path plus the proxy process it feeds.
 type proxied struct {
 	*enforcer.Datapath
-	sup    *proxy.Supervisor
-	cancel context.CancelFunc
-	done   chan struct{}
+	sup      *proxy.Supervisor
+	explicit *net.UnixListener // nil without --explicit-socket
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 func (p *proxied) Components() map[string]string {
@@ -101,5 +119,37 @@ func (p *proxied) Components() map[string]string {
 func (p *proxied) Close() error {
 	p.cancel()
 	<-p.done
+	if p.explicit != nil {
+		p.explicit.Close() // also removes the socket file
+	}
 	return p.Datapath.Close()
+}
+
+// listenExplicit creates the explicit proxy's socket, root-only from the
+// start: whoever connects is trusted to name its sandbox and policy. The
+// API socket was claimed first, so a file left here is a killed
+// paddockd's.
+func listenExplicit(path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create explicit socket dir: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("explicit socket %s exists and is not a socket: remove it or pick another --explicit-socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale explicit socket: %w", err)
+		}
+	}
+	old := syscall.Umask(0o177)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("explicit socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("explicit socket: %w", err)
+	}
+	return ln, nil
 }

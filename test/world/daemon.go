@@ -62,6 +62,7 @@ type Daemon struct {
 func (w *World) DefaultDaemonFlags() []string {
 	return []string{
 		"--api-socket", w.DaemonSocket(),
+		"--explicit-socket", w.ExplicitSocket(),
 		"--state-dir", filepath.Join(w.Dir, "state"),
 		"--log-dir", filepath.Join(w.Dir, "log"),
 		"--bpffs-dir", w.BPFFSDir(),
@@ -75,6 +76,10 @@ func (w *World) DefaultDaemonFlags() []string {
 		"--proxy-user", "nobody",
 	}
 }
+
+// ExplicitSocket is where the world's paddockd serves the explicit proxy
+// to root relays (`paddock run --network none --proxy-socket`).
+func (w *World) ExplicitSocket() string { return filepath.Join(w.Dir, "explicit.sock") }
 
 // BPFFSDir is the world's pin directory.
 func (w *World) BPFFSDir() string { return "/sys/fs/bpf/paddock-" + w.Prefix }
