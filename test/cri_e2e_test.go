@@ -1,0 +1,268 @@
+package test
+
+import (
+	"context"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/paddock-sandbox/paddock/plugin"
+	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/test/world"
+)
+
+// criPolicies are the policies the CRI tests' pods run under: the network's
+// policy, and one a pod may request by annotation where the conflist's
+// allowedPolicies permits it (namespace team-a only).
+var criPolicies = map[string]string{
+	"default": "dns: allowlist\negress:\n  - domains: [allowed.test]\n",
+	"other":   "dns: allowlist\negress:\n  - domains: [other.test]\n",
+}
+
+// criPod is a pod crictl started, with what paddock and containerd know of it.
+type criPod struct {
+	ID, Container string
+	Spec          string // the pod spec runp read; crictl create wants it again
+	Key           api.Key
+	HostVeth      string
+	IP            netip.Addr
+	Netns         string
+}
+
+// TestCRIContainerd drives containerd's CRI with crictl, containerd running
+// contained in a world's node namespace with paddock as its pod network:
+// pods are registered and enforced, their containers reach allowed sites
+// only through the proxy, stopp and rmp leave nothing behind, the pod
+// annotation paddock.dev/policy selects a policy where allowedPolicies
+// permits it and fails runp where it does not, and containerd calls only
+// ADD and DEL, as KERNEL-FACTS.md records.
+func TestCRIContainerd(t *testing.T) {
+	world.RequireRoot(t)
+	requireContainerd(t)
+	w := newWorld(t)
+	for name, yaml := range criPolicies {
+		if err := w.WritePolicy(name, yaml); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := readyDaemon(t, w)
+	conflist, err := w.ConfListBytes(world.SandboxOptions{CNIVersion: "1.0.0", Plugin: map[string]any{
+		"capabilities":    map[string]bool{"io.kubernetes.cri.pod-annotations": true},
+		"allowedPolicies": []plugin.PolicyGrant{{Namespaces: []string{"team-a"}, Policies: []string{"other"}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startContainerd(t, w, conflist)
+
+	t.Run("DefaultPolicyEnforced", func(t *testing.T) {
+		p := e.runPod(t, d, "team-a", "agent", nil)
+		assertCRIPolicy(t, d, p, "default")
+		e.startContainer(t, p, d.CADir)
+		e.expectReach(t, p, "allowed.test")
+		e.expectRefused(t, p, "blocked.test")
+		e.expectRefused(t, p, "other.test")
+		e.stopAndRemove(t, w, d, p)
+	})
+
+	t.Run("AnnotationPermitted", func(t *testing.T) {
+		p := e.runPod(t, d, "team-a", "annotated", map[string]string{plugin.PolicyAnnotation: "other"})
+		assertCRIPolicy(t, d, p, "other")
+		e.startContainer(t, p, d.CADir)
+		e.expectReach(t, p, "other.test")
+		e.expectRefused(t, p, "allowed.test")
+		e.stopAndRemove(t, w, d, p)
+	})
+
+	t.Run("AnnotationRefused", func(t *testing.T) {
+		before := len(e.verbs(t))
+		spec := e.podSpec(t, "team-b", "intruder", map[string]string{plugin.PolicyAnnotation: "other"})
+		ctx, cancel := context.WithTimeout(context.Background(), criTimeout)
+		defer cancel()
+		id, err := e.crictlRun(ctx, "runp", spec)
+		if err == nil {
+			t.Fatalf("runp of a team-b pod requesting policy other succeeded (%s); allowedPolicies grants it to team-a only", id)
+		}
+		if !strings.Contains(err.Error(), "does not permit") {
+			t.Errorf("runp error does not say the policy is not permitted: %v", err)
+		}
+		t.Logf("refused as expected: %v", err)
+		calls := e.verbs(t)[before:]
+		if len(calls) < 2 || calls[0].Command != "ADD" || calls[len(calls)-1].Command != "DEL" {
+			t.Fatalf("CNI calls for the refused pod %+v, want ADD then DEL", calls)
+		}
+		k := key(w, calls[0].ContainerID, "eth0")
+		assertGone(t, w, d, k, "")
+		assertNotInNft(t, w, plugin.HostVethName(k))
+		if l := leases(t, w); len(l) != 0 {
+			t.Errorf("leases left after a refused ADD: %v", l)
+		}
+		if out, err := e.crictlRun(ctx, "pods", "-q", "--namespace", "team-b"); err != nil || out != "" {
+			t.Errorf("crictl pods in team-b: %q %v, want none", out, err)
+		}
+	})
+
+	t.Run("VerbsAddDelOnly", func(t *testing.T) {
+		calls := e.verbs(t)
+		for _, c := range calls {
+			t.Logf("CNI %s container=%.12s netns=%q prevResult=%v", c.Command, c.ContainerID, c.Netns, c.PrevResult)
+			if c.Command != "ADD" && c.Command != "DEL" {
+				t.Errorf("containerd called %s; 1.6 is known to call only ADD and DEL", c.Command)
+			}
+		}
+		if len(calls) == 0 {
+			t.Error("the wrapper recorded no CNI call")
+		}
+	})
+
+	w.AssertNoLeaks(t)
+}
+
+// runPod starts a pod with crictl runp and checks what containerd and
+// paddock report for it: one ADD with its netns, a registration enforced
+// on every layer, the host veth in nftables.
+func (e *criEnv) runPod(t *testing.T, d *world.Daemon, ns, name string, annotations map[string]string) *criPod {
+	t.Helper()
+	before := len(e.verbs(t))
+	spec := e.podSpec(t, ns, name, annotations)
+	id := e.mustCrictl(t, "runp", spec)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), criTimeout)
+		defer cancel()
+		_, _ = e.crictlRun(ctx, "rmp", "--force", id)
+	})
+	insp := e.inspectp(t, id)
+	p := &criPod{ID: id, Spec: spec, Key: key(e.w, id, "eth0"), Netns: insp.netns()}
+	p.HostVeth = plugin.HostVethName(p.Key)
+	if insp.Status.State != "SANDBOX_READY" {
+		t.Fatalf("pod %s state %s, want SANDBOX_READY", id, insp.Status.State)
+	}
+	if p.IP, _ = netip.ParseAddr(insp.Status.Network.IP); !e.w.Subnet.Contains(p.IP) {
+		t.Fatalf("pod %s ip %q, want one in the paddock network %s", id, insp.Status.Network.IP, e.w.Subnet)
+	}
+	calls := e.verbs(t)[before:]
+	if len(calls) != 1 || calls[0].Command != "ADD" || calls[0].ContainerID != id || calls[0].Netns != p.Netns {
+		t.Errorf("CNI calls for runp %+v, want one ADD for %s in %s", calls, id, p.Netns)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	sb, err := d.Client().Get(ctx, p.Key)
+	if err != nil {
+		t.Fatalf("pod %s is not registered with paddockd: %v", id, err)
+	}
+	if sb.Enforced != "ok" || sb.HostVeth != p.HostVeth || !slices.Equal(sb.IPs, []netip.Prefix{netip.PrefixFrom(p.IP, e.w.Subnet.Bits())}) {
+		t.Errorf("registration %+v, want enforced ok, host veth %s, ip %s", sb, p.HostVeth, p.IP)
+	}
+	if sb.Args["K8S_POD_NAMESPACE"] != ns || sb.Args["K8S_POD_NAME"] != name {
+		t.Errorf("registration args %v, want the pod's namespace %s and name %s", sb.Args, ns, name)
+	}
+	if s, ok := cliStatus(t, e.w).registered(p.Key); !ok || s.Enforced != "ok" {
+		t.Errorf("paddock status --json: %+v (listed %v), want Enforced ok", s, ok)
+	}
+	if out, err := e.w.ExecNode("nft", "list", "table", "inet", "paddock"); err != nil || !strings.Contains(string(out), `"`+p.HostVeth+`"`) {
+		t.Errorf("nftables does not list host veth %s: %v\n%s", p.HostVeth, err, out)
+	}
+	return p
+}
+
+// assertCRIPolicy checks the policy paddockd enforces for the pod.
+func assertCRIPolicy(t *testing.T, d *world.Daemon, p *criPod, want string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	sb, err := d.Client().Get(ctx, p.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.Policy != want {
+		t.Errorf("pod %.12s runs under policy %q, want %q", p.ID, sb.Policy, want)
+	}
+}
+
+// startContainer creates and starts a container with curl in the pod.
+func (e *criEnv) startContainer(t *testing.T, p *criPod, caDir string) {
+	t.Helper()
+	p.Container = e.mustCrictl(t, "create", p.ID, e.containerSpec(t, "curl-"+p.ID[:12], caDir), p.Spec)
+	e.mustCrictl(t, "start", p.Container)
+}
+
+// curlArgs fetches https://host/ trusting the paddock CA mounted into the
+// container.
+func curlArgs(host string) []string {
+	return []string{"curl", "-sS", "-m", "10", "--cacert", "/paddock-ca/ca.pem", "https://" + host + "/"}
+}
+
+func (e *criEnv) expectReach(t *testing.T, p *criPod, host string) {
+	t.Helper()
+	out, err := e.execIn(p.Container, 30*time.Second, curlArgs(host)...)
+	if err != nil || !strings.Contains(out, "hello from "+host) {
+		t.Errorf("container in pod %.12s: curl %s: %v: %s", p.ID, host, err, out)
+	}
+}
+
+func (e *criEnv) expectRefused(t *testing.T, p *criPod, host string) {
+	t.Helper()
+	out, err := e.execIn(p.Container, 30*time.Second, curlArgs(host)...)
+	if err == nil || strings.Contains(out, "hello from") {
+		t.Errorf("container in pod %.12s reached %s, which its policy does not name: %v: %s", p.ID, host, err, out)
+	}
+	t.Logf("%s refused: %s", host, strings.TrimSpace(out))
+}
+
+// stopAndRemove runs stopp then rmp and checks the DEL each sends (stopp:
+// netns and prevResult; rmp: empty netns, no prevResult) and that nothing
+// of the pod is left: host veth, lease, registration, nftables elements.
+func (e *criEnv) stopAndRemove(t *testing.T, w *world.World, d *world.Daemon, p *criPod) {
+	t.Helper()
+	before := len(e.verbs(t))
+	e.mustCrictl(t, "stopp", p.ID)
+	calls := e.verbs(t)[before:]
+	if len(calls) != 1 || calls[0].Command != "DEL" || calls[0].Netns != p.Netns || !calls[0].PrevResult {
+		t.Errorf("CNI calls for stopp %+v, want one DEL with netns %s and a prevResult", calls, p.Netns)
+	}
+	e.assertPodGone(t, w, d, p)
+
+	before = len(e.verbs(t))
+	e.mustCrictl(t, "rmp", p.ID)
+	calls = e.verbs(t)[before:]
+	for _, c := range calls {
+		if c.Command != "DEL" || c.ContainerID != p.ID {
+			t.Errorf("rmp made CNI call %+v, want only DELs for %s", c, p.ID)
+		}
+	}
+	t.Logf("rmp sent %d DEL(s): %+v", len(calls), calls)
+	e.assertPodGone(t, w, d, p)
+	if out, err := e.crictlRun(context.Background(), "pods", "-q", "--id", p.ID); err != nil || out != "" {
+		t.Errorf("crictl pods --id %s after rmp: %q %v, want none", p.ID, out, err)
+	}
+}
+
+func (e *criEnv) assertPodGone(t *testing.T, w *world.World, d *world.Daemon, p *criPod) {
+	t.Helper()
+	assertGone(t, w, d, p.Key, "")
+	for _, l := range leases(t, w) {
+		if l == p.IP.String() {
+			t.Errorf("lease %s of pod %.12s left", l, p.ID)
+		}
+	}
+	assertNotInNft(t, w, p.HostVeth, p.IP.String())
+}
+
+// assertNotInNft checks that no element of paddock's nftables table names
+// any of words (a host veth, a sandbox address).
+func assertNotInNft(t *testing.T, w *world.World, words ...string) {
+	t.Helper()
+	out, err := w.ExecNode("nft", "list", "table", "inet", "paddock")
+	if err != nil {
+		t.Fatalf("nft list table inet paddock: %v: %s", err, out)
+	}
+	for _, word := range words {
+		if regexp.MustCompile(`(^|[^0-9.a-z])` + regexp.QuoteMeta(word) + `($|[^0-9a-z])`).Match(out) {
+			t.Errorf("nftables still names %s:\n%s", word, out)
+		}
+	}
+}
