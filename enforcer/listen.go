@@ -58,7 +58,7 @@ func listenTransparent(ctx context.Context, tcp, dnsAddr netip.AddrPort) (Listen
 	lc := net.ListenConfig{Control: transparentControl(nil)}
 	// MPTCP listeners cannot go into a SOCKMAP (EOPNOTSUPP).
 	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(ctx, "tcp4", tcp.String())
+	ln, err := listenRetry(func() (net.Listener, error) { return lc.Listen(ctx, "tcp4", tcp.String()) })
 	if err != nil {
 		return l, fmt.Errorf("listen tcp %s: %w (pick a free address with --tcp-listen)", tcp, err)
 	}
@@ -77,6 +77,20 @@ func listenTransparent(ctx context.Context, tcp, dnsAddr netip.AddrPort) (Listen
 	}
 	l.DNSUDP = pc.(*net.UDPConn)
 	return l, nil
+}
+
+// listenRetry retries a bind that failed with EADDRINUSE for up to two
+// seconds: the proxy child of a paddockd that was just killed holds the
+// port until the kernel has delivered its parent-death signal.
+func listenRetry(listen func() (net.Listener, error)) (net.Listener, error) {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		ln, err := listen()
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return ln, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Close closes every listener that is open.

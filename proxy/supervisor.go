@@ -238,6 +238,10 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential: &syscall.Credential{Uid: s.uid, Gid: s.gid, Groups: []uint32{}},
 		Setpgid:    true,
+		// The child dies with paddockd (kill -9 included): an orphan would
+		// keep the listeners' ports and a stale sandbox list, and the next
+		// paddockd could not bind them.
+		Pdeathsig: syscall.SIGKILL,
 	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
