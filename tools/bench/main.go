@@ -144,8 +144,8 @@ func run(ctx context.Context, lim limits) error {
 	}
 	targets := []target{
 		{name: "direct", netns: plain.NetNS, roots: bpfWorld.CAPool()},
-		{name: "eBPF", netns: bpfSB.NetNS, roots: bpfRoots},
-		{name: "nftables", netns: nftSB.NetNS, roots: nftRoots},
+		{name: "eBPF", netns: bpfSB.NetNS, roots: bpfRoots, proxy: bpfWorld},
+		{name: "nftables", netns: nftSB.NetNS, roots: nftRoots, proxy: nftWorld},
 	}
 	names := make([]string, len(targets))
 	for i, t := range targets {
@@ -241,8 +241,26 @@ func run(ctx context.Context, lim limits) error {
 	if err := tab.write(os.Stdout); err != nil {
 		return err
 	}
+	// The paddock columns count only if their traffic went through the
+	// proxy: a leaking redirect would measure the direct path.
+	for _, t := range targets {
+		if t.proxy == nil {
+			continue
+		}
+		allow, deny, err := proxied(ctx, t.proxy)
+		switch {
+		case err != nil:
+			fmt.Printf("%s: proxy counters unavailable: %v\n", t.name, err)
+			failed = true
+		case allow == 0:
+			fmt.Printf("%s: the proxy allowed nothing: these figures did not measure the paddock path\n", t.name)
+			failed = true
+		default:
+			fmt.Printf("%s: the proxy allowed %.0f requests and connections and denied %.0f (paddock_proxy_requests_total)\n", t.name, allow, deny)
+		}
+	}
 	if failed {
-		return fmt.Errorf("some measurements failed (\"error\" cells; causes above)")
+		return fmt.Errorf("some measurements failed or were not proxied (causes above)")
 	}
 	return nil
 }

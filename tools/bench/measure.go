@@ -25,6 +25,7 @@ type target struct {
 	name  string
 	netns string
 	roots *x509.CertPool
+	proxy *world.World // the world whose paddockd enforces on netns; nil when direct
 }
 
 // limits bound every measurement in time and in count. The measure
