@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -83,6 +84,34 @@ func TestProxyRealClients(t *testing.T) {
 	out, err = p.exec(t, 15*time.Second, "curl", "-sS", "-m", "10", "-i", "-x", p.explicitProxy(), "http://blocked.test/")
 	if err != nil || !statusLine(out, 403) || !strings.Contains(out, "paddock: request to blocked.test denied") {
 		t.Fatalf("plain http through the explicit proxy to blocked.test: want the 403 body, got %v\n%s", err, out)
+	}
+
+	out, err = p.exec(t, 15*time.Second, "curl", "-sS", "-m", "10", "http://allowed.test/")
+	if err != nil || !strings.Contains(out, "hello from allowed.test") {
+		t.Fatalf("plain http to allowed.test: %v\n%s", err, out)
+	}
+
+	// Under "dns: all" the name resolves, so Node's fetch itself reaches the
+	// proxy and gets its 403 body.
+	if err := p.w.WritePolicy("open", "dns: all\negress:\n  - domains: [allowed.test]\n"); err != nil {
+		t.Fatal(err)
+	}
+	open, err := p.w.AddSandbox(t, "open", world.SandboxOptions{Policy: "open"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodeOut []byte
+	for i := 0; i < 20; i++ { // the proxy loads a new policy file within a poll interval
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		nodeOut, err = open.Exec(ctx, "env", "NODE_EXTRA_CA_CERTS="+p.ca, "node", script, "https://blocked.test/")
+		cancel()
+		if strings.Contains(string(nodeOut), "STATUS 403") {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil || !strings.Contains(string(nodeOut), "STATUS 403") || !strings.Contains(string(nodeOut), `paddock: request to blocked.test denied by policy "open"`) {
+		t.Fatalf("node fetch of blocked.test under dns: all: want the proxy's 403 body, got %v\n%s", err, nodeOut)
 	}
 
 	id := p.sb.RuntimeConf().ContainerID
@@ -181,6 +210,20 @@ egress:
 			t.Fatalf("response of %s shows no redacted credential; was anything injected?\n%s", url, out)
 		}
 	}
+	// Through the explicit proxy and from Node's fetch the same holds.
+	out, err = p.exec(t, 15*time.Second, "env", "HTTPS_PROXY="+p.explicitProxy(),
+		"curl", "-sS", "-m", "10", "-i", "--cacert", p.ca, "https://echo.test/echo-secret")
+	if err != nil || !statusLine(out, 200) || strings.Contains(out, token) || strings.Contains(out, apiKey) || !strings.Contains(out, proxy.Redacted) {
+		t.Fatalf("echo-secret through HTTPS_PROXY: want 200 with redacted credentials, got %v\n%s", err, out)
+	}
+	script := filepath.Join(t.TempDir(), "fetch.js")
+	if err := os.WriteFile(script, []byte(nodeFetch), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = p.exec(t, 20*time.Second, "env", "NODE_EXTRA_CA_CERTS="+p.ca, "node", script, "https://echo.test/echo-secret")
+	if err != nil || !strings.Contains(out, "STATUS 200") || strings.Contains(out, token) || strings.Contains(out, apiKey) || !strings.Contains(out, proxy.Redacted) {
+		t.Fatalf("node fetch of echo-secret: want 200 with redacted credentials, got %v\n%s", err, out)
+	}
 	r := p.waitAudit(t, "injected request", func(r proxy.AuditRecord) bool {
 		return r.Decision == "allow" && r.Path == "/echo-secret" && len(r.Injected) == 2
 	})
@@ -262,6 +305,22 @@ egress:
 			return r.Decision == "deny" && r.Host == name && r.Status == 403
 		})
 	}
+	// The same through the explicit proxy, where the proxy resolves.
+	out, err = p.exec(t, 15*time.Second, "env", "HTTPS_PROXY="+p.explicitProxy(),
+		"curl", "-sS", "-m", "10", "-i", "--cacert", p.ca, "https://loopback.test/")
+	if !statusLine(out, 403) || !strings.Contains(out, "internal address") {
+		t.Fatalf("loopback.test through HTTPS_PROXY: want 403, got %v\n%s", err, out)
+	}
+	out, err = p.exec(t, 15*time.Second, "curl", "-sS", "-m", "10", "-i", "-x", p.explicitProxy(), "http://metadata.test/latest/meta-data/")
+	if !statusLine(out, 403) || !strings.Contains(out, "internal address") {
+		t.Fatalf("http://metadata.test through the explicit proxy: want 403, got %v\n%s", err, out)
+	}
+	// A TLS connection without SNI names nothing the policy could allow.
+	out, err = p.exec(t, 15*time.Second, "curl", "-sS", "-m", "10", "-ik", "https://"+web+"/")
+	if err == nil && !statusLine(out, 403) {
+		t.Fatalf("TLS without SNI to %s: want refusal, got\n%s", web, out)
+	}
+	t.Logf("TLS without SNI: %v %s", err, out)
 	for i, c := range counters {
 		if n := c.count(); n != 0 {
 			t.Fatalf("internal listener %d accepted %d connections", i, n)
