@@ -3,6 +3,7 @@ package test
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,6 +93,195 @@ func TestEnforcerSandboxCannotUndo(t *testing.T) {
 				t.Logf("curl after reroute: %v %s", err, out)
 			}
 			e.waitAudit(t, sb, world.WebAddr.String()+":443")
+			if out, err := sendUDP(sb, world.EchoAddr.String(), 7); err != nil {
+				t.Fatalf("send udp: %v: %s", err, out)
+			}
+			e.expectDropOnce(t, sb, world.EchoAddr.String(), "udp")
+			e.w.AssertNoLeaks(t)
+		})
+	}
+}
+
+// TestEnforcerBPFDetached: with the tcx program detached from a sandbox's
+// host veth, nftables still drops (and logs) everything unmarked.
+func TestEnforcerBPFDetached(t *testing.T) {
+	e := newEnforcerEnv(t, "bpf")
+	sb := e.sandbox(t, "agent")
+	if n := detachTCX(t, e.w, sb); n == 0 {
+		t.Fatalf("no tcx program attached to %s", sb.HostVeth)
+	}
+	if out, err := sendUDP(sb, world.EchoAddr.String(), 7); err != nil {
+		t.Fatalf("send udp: %v: %s", err, out)
+	}
+	e.expectDropOnce(t, sb, world.EchoAddr.String(), "unmarked")
+	if out, err := tcpConnect(sb, "", world.WebAddr.String(), 443, 500*time.Millisecond); err == nil {
+		t.Errorf("TCP connected with the redirect detached: %s", out)
+	}
+	e.expectDropOnce(t, sb, world.WebAddr.String(), "unmarked")
+	if l := e.w.WaitLeak(500 * time.Millisecond); len(l) > 0 {
+		t.Errorf("leaked with the tcx program detached:\n  %s", strings.Join(l, "\n  "))
+	}
+	if err := sb.Check(); err == nil {
+		t.Error("CNI CHECK passed with the tcx program detached")
+	} else {
+		t.Logf("CHECK: %v", err)
+	}
+}
+
+// TestEnforcerNftTableDeleted: deleting paddock's table in the node
+// namespace is noticed and undone within about a second, with an alert, and
+// nothing leaks meanwhile.
+func TestEnforcerNftTableDeleted(t *testing.T) {
+	for _, mode := range redirectModes {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnforcerEnv(t, mode)
+			sb := e.sandbox(t, "agent")
+			// A stream of UDP and a TCP connection across the deletion: a
+			// leak while the table is missing would show here.
+			var sending sync.WaitGroup
+			sending.Go(func() { _, _ = py(sb, udpStream(world.EchoAddr.String(), 7, 2*time.Second)) })
+			sending.Go(func() { _, _ = tcpConnect(sb, "", world.WebAddr.String(), 443, 1500*time.Millisecond) })
+			defer sending.Wait()
+			// Past the interpreters' start, into the stream.
+			time.Sleep(400 * time.Millisecond)
+			if out, err := e.w.ExecNode("nft", "delete", "table", "inet", "paddock"); err != nil {
+				t.Fatalf("nft delete table: %v: %s", err, out)
+			}
+			deleted := time.Now()
+			restored := waitFor(2*time.Second, func() bool {
+				_, err := e.w.ExecNode("nft", "list", "table", "inet", "paddock")
+				return err == nil
+			})
+			if !restored {
+				t.Fatal("table inet paddock not restored within 2s")
+			}
+			t.Logf("table restored within %s", time.Since(deleted).Round(time.Millisecond))
+			sending.Wait()
+			if !waitFor(dropWait, func() bool { return stderrHas(t, e.d, "nftables table paddock was removed") }) {
+				t.Error("paddockd logged no alert about the removed table")
+			}
+			if out, err := sendUDP(sb, "192.0.2.24", 7); err != nil {
+				t.Fatalf("send udp: %v: %s", err, out)
+			}
+			e.expectDropOnce(t, sb, "192.0.2.24", "udp")
+			_, _ = curlTLS(sb, "203.0.113.98", 443)
+			e.waitAudit(t, sb, "203.0.113.98:443")
+			e.w.AssertNoLeaks(t)
+		})
+	}
+}
+
+// TestEnforcerSurvivesKill9: with paddockd killed, pinned and installed
+// state keeps dropping; nothing gets around the missing proxy; a restart
+// reconciles.
+func TestEnforcerSurvivesKill9(t *testing.T) {
+	for _, mode := range redirectModes {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnforcerEnv(t, mode)
+			sb := e.sandbox(t, "agent")
+			if err := e.d.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			_, _ = sendUDP(sb, world.EchoAddr.String(), 7)
+			if out, err := run(sb, "ping", "-c1", "-W1", world.EchoAddr.String()); err == nil {
+				t.Errorf("ping answered with paddockd down: %s", out)
+			}
+			out, err := tcpConnect(sb, "", world.WebAddr.String(), 443, 2*time.Second)
+			t.Logf("TCP with paddockd down: %v %s", err, out)
+			if l := e.w.WaitLeak(500 * time.Millisecond); len(l) > 0 {
+				t.Fatalf("leaked with paddockd down:\n  %s", strings.Join(l, "\n  "))
+			}
+
+			if err := e.d.Restart(); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := e.d.WaitReady(15 * time.Second); err != nil {
+				t.Fatalf("not ready after restart: %v (%s %v)", err, st.Message, st.Components)
+			}
+			if err := sb.Check(); err != nil {
+				t.Errorf("CNI CHECK after restart: %v", err)
+			}
+			list, err := e.d.Client().List(t.Context())
+			if err != nil || len(list) != 1 || list[0].Enforced != "ok" {
+				t.Errorf("after restart: %+v %v", list, err)
+			}
+			if out, err := sendUDP(sb, "192.0.2.25", 7); err != nil {
+				t.Fatalf("send udp: %v: %s", err, out)
+			}
+			e.expectDropOnce(t, sb, "192.0.2.25", "udp")
+			_, _ = curlTLS(sb, "203.0.113.97", 443)
+			e.waitAudit(t, sb, "203.0.113.97:443")
+			e.w.AssertNoLeaks(t)
+		})
+	}
+}
+
+// TestEnforcerKeepsSandboxesApart: drops, audit lines and counters name the
+// sandbox that sent the traffic.
+func TestEnforcerKeepsSandboxesApart(t *testing.T) {
+	for _, mode := range redirectModes {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnforcerEnv(t, mode)
+			a, b := e.sandbox(t, "alpha"), e.sandbox(t, "beta")
+			if shortID(a) == shortID(b) {
+				t.Fatalf("sandboxes share the short id %s", shortID(a))
+			}
+			if out, err := sendUDP(a, "192.0.2.31", 7); err != nil {
+				t.Fatalf("send udp: %v: %s", err, out)
+			}
+			for i := 0; i < 3; i++ {
+				if out, err := sendUDP(b, "192.0.2.32", 7); err != nil {
+					t.Fatalf("send udp: %v: %s", err, out)
+				}
+			}
+			e.expectDropOnce(t, a, "192.0.2.31", "udp")
+			got := e.waitDrops(t, func(l dropLine) bool { return l.Dst == "192.0.2.32" })
+			if len(got) != 3 {
+				t.Errorf("beta's drops: %v, want 3", got)
+			}
+			for _, l := range got {
+				if l.Sandbox != shortID(b) || l.Src != b.IP.String() {
+					t.Errorf("beta's drop attributed to %s from %s", l.Sandbox, l.Src)
+				}
+			}
+			counts := dropCounts(t, e.d, "udp")
+			if counts[shortID(a)] != 1 || counts[shortID(b)] != 3 {
+				t.Errorf("paddock_drops_total by sandbox = %v, want %s:1 %s:3", counts, shortID(a), shortID(b))
+			}
+			for _, sb := range []*world.Sandbox{a, b} {
+				_, _ = curlTLS(sb, "203.0.113.96", 443)
+				e.waitAudit(t, sb, "203.0.113.96:443")
+			}
+			for _, l := range e.audit(t) {
+				if l.Sandbox == shortID(a) && !strings.HasPrefix(l.Src, a.IP.String()+":") ||
+					l.Sandbox == shortID(b) && !strings.HasPrefix(l.Src, b.IP.String()+":") {
+					t.Errorf("audit line attributed to the wrong sandbox: %+v", l)
+				}
+			}
+			e.w.AssertNoLeaks(t)
+		})
+	}
+}
+
+// TestEnforcerRuleCountFlat: 200 more sandboxes add set and map elements,
+// not rules.
+func TestEnforcerRuleCountFlat(t *testing.T) {
+	for _, mode := range redirectModes {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnforcerEnv(t, mode)
+			sb := e.sandbox(t, "agent")
+			before := nftRuleCount(t, e.w)
+			start := time.Now()
+			registerBulk(t, e, 200)
+			t.Logf("registered 200 sandboxes in %s", time.Since(start).Round(time.Millisecond))
+			if after := nftRuleCount(t, e.w); after != before {
+				t.Errorf("nft rules: %d with 1 sandbox, %d with 201", before, after)
+			}
+			st, err := e.d.Client().Status(t.Context())
+			if err != nil || st.Sandboxes != 201 || !st.Ready {
+				t.Errorf("status with 201 sandboxes: %+v %v", st, err)
+			}
+			// The first sandbox is still enforced among them.
 			if out, err := sendUDP(sb, world.EchoAddr.String(), 7); err != nil {
 				t.Fatalf("send udp: %v: %s", err, out)
 			}

@@ -14,9 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/paddock-sandbox/paddock/enforcer"
+	"github.com/paddock-sandbox/paddock/plugin/api"
 	"github.com/paddock-sandbox/paddock/test/world"
 )
 
@@ -313,8 +316,8 @@ func nftRuleCount(t *testing.T, w *world.World) int {
 
 var dropMetricRE = regexp.MustCompile(`(?m)^paddock_drops_total\{([^}]*)\} (\S+)$`)
 
-// dropCounts sums paddock_drops_total by sandbox label.
-func dropCounts(t *testing.T, d *world.Daemon) map[string]float64 {
+// dropCounts sums paddock_drops_total of one reason by sandbox label.
+func dropCounts(t *testing.T, d *world.Daemon, reason string) map[string]float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -329,11 +332,137 @@ func dropCounts(t *testing.T, d *world.Daemon) map[string]float64 {
 		if err != nil {
 			t.Fatalf("metric value %q: %v", v, err)
 		}
-		for _, kv := range strings.Split(labels, ",") {
-			if k, val, ok := strings.Cut(kv, "="); ok && k == "sandbox" {
-				out[strings.Trim(val, `"`)] += f
+		kv := map[string]string{}
+		for _, pair := range strings.Split(labels, ",") {
+			if k, val, ok := strings.Cut(pair, "="); ok {
+				kv[k] = strings.Trim(val, `"`)
 			}
+		}
+		if kv["reason"] == reason {
+			out[kv["sandbox"]] += f
 		}
 	}
 	return out
+}
+
+// waitFor polls cond every 20 ms until it holds or timeout passes.
+func waitFor(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stderrHas reports whether paddockd's log contains s.
+func stderrHas(t *testing.T, d *world.Daemon, s string) bool {
+	t.Helper()
+	b, err := os.ReadFile(d.StderrFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(b), s)
+}
+
+// detachTCX detaches every tcx ingress program from sb's host veth, as an
+// attacker on the node (or a careless tool) would, and returns how many.
+func detachTCX(t *testing.T, w *world.World, sb *world.Sandbox) int {
+	t.Helper()
+	n := 0
+	err := w.InNode(func() error {
+		l, err := netlink.LinkByName(sb.HostVeth)
+		if err != nil {
+			return err
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return fmt.Errorf("query tcx: %w", err)
+		}
+		for _, p := range res.Programs {
+			id, ok := p.LinkID()
+			if !ok {
+				return fmt.Errorf("program %d on %s has no link", p.ID, sb.HostVeth)
+			}
+			ln, err := link.NewFromID(id)
+			if err != nil {
+				return fmt.Errorf("open link %d: %w", id, err)
+			}
+			err = ln.Detach()
+			ln.Close()
+			if err != nil {
+				return fmt.Errorf("detach link %d: %w", id, err)
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// registerBulk registers n sandboxes through the API, each on a real veth
+// pair made in the node namespace (the CNI plugin would take minutes).
+func registerBulk(t *testing.T, e *enfEnv, n int) {
+	t.Helper()
+	c := e.d.Client()
+	base := e.w.Subnet.Addr().As4()
+	gw := base
+	gw[3] = 1
+	for i := range n {
+		host := fmt.Sprintf("%s-b%d", e.w.Prefix, i)
+		var idx int
+		var hostMAC, peerMAC string
+		err := e.w.InNode(func() error {
+			v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: fmt.Sprintf("%s-c%d", e.w.Prefix, i)}
+			if err := netlink.LinkAdd(v); err != nil {
+				return fmt.Errorf("add veth %s: %w", host, err)
+			}
+			l, err := netlink.LinkByName(host)
+			if err != nil {
+				return err
+			}
+			peer, err := netlink.LinkByName(v.PeerName)
+			if err != nil {
+				return err
+			}
+			idx, hostMAC, peerMAC = l.Attrs().Index, l.Attrs().HardwareAddr.String(), peer.Attrs().HardwareAddr.String()
+			return netlink.LinkSetUp(l)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip := base
+		ip[2], ip[3] = byte(1+i/250), byte(2+i%250)
+		sb := api.Sandbox{
+			Network: e.w.NetworkName(), ContainerID: fmt.Sprintf("bulk%016d", i), IfName: "eth0",
+			HostVeth: host, HostIfIndex: idx, HostMAC: hostMAC, SandboxMAC: peerMAC,
+			IPs:     []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4(ip), 16)},
+			Gateway: netip.AddrFrom4(gw), Policy: "default",
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = c.Register(ctx, sb)
+		cancel()
+		if err != nil {
+			t.Fatalf("register sandbox %d: %v", i, err)
+		}
+	}
+}
+
+// udpStream is a python3 program that sends a datagram to dst:port every
+// 2 ms for d.
+func udpStream(dst string, port int, d time.Duration) string {
+	return fmt.Sprintf(`import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.time() + %f
+while time.time() < end:
+    s.sendto(b"paddock", (%q, %d))
+    time.sleep(0.002)
+`, d.Seconds(), dst, port)
 }
