@@ -4,15 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/paddock-sandbox/paddock/plugin/api"
 )
 
 // Defaults for --network paddock.
@@ -147,4 +152,68 @@ func (n *cniNet) del() error {
 		return fmt.Errorf("CNI DEL on network %q: %w", n.list.Name, err)
 	}
 	return nil
+}
+
+// DefaultPolicy is the policy --network none runs under without --policy.
+const DefaultPolicy = "default"
+
+// policyName is what the CNI plugin and paddockd's explicit socket accept.
+var policyName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// validateNetwork checks the network options before any state exists.
+func (o *Options) validateNetwork() error {
+	switch o.Network {
+	case "":
+		o.Network = NetworkPaddock
+	case NetworkPaddock, NetworkNone:
+	default:
+		return fmt.Errorf("network %q is not paddock or none", o.Network)
+	}
+	if o.Network == NetworkNone && o.Policy == "" {
+		o.Policy = DefaultPolicy
+	}
+	if o.Policy != "" && !policyName.MatchString(o.Policy) {
+		return fmt.Errorf("policy %q: want the NAME of NAME.yaml in paddockd's policy dir (lowercase letters, digits, '.', '_', '-')", o.Policy)
+	}
+	if o.Network == NetworkNone && o.ProxySocket == "" {
+		o.ProxySocket = api.DefaultExplicitSocket
+	}
+	return nil
+}
+
+// listenExplicitRelay serves the Unix socket bound into a --network none
+// sandbox. The parent (root, outside) relays each connection to paddockd's
+// root-only explicit socket, first writing the header that names this run
+// and its policy: the sandbox can reach neither that socket (/run/paddock
+// is hidden) nor the header. The socket belongs to the sandbox's user, so
+// the command may use it directly as well as through the loopback port.
+// If paddockd is not there, each connection is closed: no network.
+func listenExplicitRelay(sock string, o *Options, id string) (net.Listener, error) {
+	hdr, err := api.ExplicitHeader(id, o.Policy)
+	if err != nil {
+		return nil, fmt.Errorf("proxy relay: %w", err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("proxy relay: %w", err)
+	}
+	if err := os.Chown(sock, o.UID, o.GID); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("proxy relay: %w", err)
+	}
+	upstream := o.ProxySocket
+	go serveBridge(ln, func() (net.Conn, error) {
+		c, err := net.DialTimeout("unix", upstream, 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("paddockd's explicit socket %s: %w", upstream, err)
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, hdr); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("paddockd's explicit socket %s: %w", upstream, err)
+		}
+		_ = c.SetWriteDeadline(time.Time{})
+		return c, nil
+	})
+	return ln, nil
 }

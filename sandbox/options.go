@@ -52,11 +52,12 @@ type Options struct {
 	Network    string
 	CNIConfDir string
 	CNIBinDir  string
-	Policy     string
-	// ProxySocket is the node's explicit proxy as a Unix socket path, or
-	// ProxyAddr as host:port; used by --network none.
+	// Policy names the egress policy: the CNI network's when empty under
+	// --network paddock, DefaultPolicy under --network none.
+	Policy string
+	// ProxySocket is paddockd's root-only explicit proxy socket
+	// (paddockd --explicit-socket), which --network none relays to.
 	ProxySocket string
-	ProxyAddr   string
 
 	Memory int64   // bytes, 0 = unlimited
 	CPUs   float64 // 0 = unlimited
@@ -209,12 +210,8 @@ func (o *Options) validate() error {
 		return fmt.Errorf("rootfs: %w", err)
 	}
 	o.RootFS = root
-	switch o.Network {
-	case "":
-		o.Network = NetworkPaddock
-	case NetworkPaddock, NetworkNone:
-	default:
-		return fmt.Errorf("network %q is not paddock or none", o.Network)
+	if err := o.validateNetwork(); err != nil {
+		return err
 	}
 	for _, kv := range o.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-sandbox/paddock/plugin/api"
 )
 
 // Fixed places inside the sandbox.
@@ -44,13 +45,14 @@ const cloneFlags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWIPC | un
 // DefaultOptions returns the options `paddock run` starts from.
 func DefaultOptions() Options {
 	return Options{
-		Network:    NetworkPaddock,
-		CNIConfDir: DefaultCNIConfDir,
-		CNIBinDir:  DefaultCNIBinDir,
-		UID:        -1,
-		GID:        -1,
-		TmpSize:    defaultTmpSize,
-		HomeSize:   defaultTmpSize,
+		Network:     NetworkPaddock,
+		CNIConfDir:  DefaultCNIConfDir,
+		CNIBinDir:   DefaultCNIBinDir,
+		ProxySocket: api.DefaultExplicitSocket,
+		UID:         -1,
+		GID:         -1,
+		TmpSize:     defaultTmpSize,
+		HomeSize:    defaultTmpSize,
 	}
 }
 
@@ -117,13 +119,14 @@ func Run(opts Options) (code int, err error) {
 		}
 	} else {
 		sock := filepath.Join(runDir, "proxy.sock")
-		ln, err := listenProxyBridge(sock, opts)
+		ln, err := listenExplicitRelay(sock, &opts, id)
 		if err != nil {
 			return 0, err
 		}
 		cleanups = append(cleanups, func() { ln.Close() })
 		spec.ProxySock, spec.ProxyPort = proxySockInside, ProxyPort
 		spec.Binds = append(spec.Binds, bindSpec{Src: sock, Dst: proxySockInside, File: true, RW: true})
+		logf("network: none; HTTP proxy relayed to %s as sandbox %s, policy %q", opts.ProxySocket, id, opts.Policy)
 	}
 
 	cg, err := newCgroup(id, limits{Memory: opts.Memory, CPUs: opts.CPUs, Pids: opts.Pids})
@@ -365,21 +368,6 @@ func setEnv(env []string, k, v string) []string {
 		}
 	}
 	return append(env, k+"="+v)
-}
-
-// listenProxyBridge serves the Unix socket bound into a --network none
-// sandbox, relaying each connection to the node's explicit proxy.
-func listenProxyBridge(sock string, o Options) (net.Listener, error) {
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		return nil, fmt.Errorf("proxy bridge: %w", err)
-	}
-	dial := func() (net.Conn, error) { return net.DialTimeout("tcp", o.ProxyAddr, 10*time.Second) }
-	if o.ProxySocket != "" {
-		dial = func() (net.Conn, error) { return net.DialTimeout("unix", o.ProxySocket, 10*time.Second) }
-	}
-	go serveBridge(ln, dial)
-	return ln, nil
 }
 
 // tasksOf counts the threads uid runs now. A /proc/PID directory belongs

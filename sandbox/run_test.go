@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -550,32 +548,5 @@ func TestCrashLeftoversCollected(t *testing.T) {
 	}
 	if _, err := os.Stat(cg); err == nil {
 		t.Error("the crashed run's cgroup was not collected")
-	}
-}
-
-// TestNetworkNoneProxyBridge checks --network none: only loopback inside,
-// and HTTP_PROXY on loopback reaches the node's explicit proxy over the
-// bind-mounted Unix socket.
-func TestNetworkNoneProxyBridge(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl is not installed")
-	}
-	e := newEnv(t)
-	sock := filepath.Join(t.TempDir(), "explicit.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "proxied %s %s\n", r.Method, r.URL)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	r := e.run([]string{"--proxy-socket", sock}, `ls /sys/class/net; curl -sS --max-time 10 http://site.test/path`)
-	if r.code != 0 || !strings.Contains(r.stdout, "proxied GET http://site.test/path") {
-		t.Errorf("proxy bridge: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-	}
-	if strings.TrimSpace(strings.Split(r.stdout, "\n")[0]) != "lo" {
-		t.Errorf("interfaces other than lo inside --network none: %q", r.stdout)
 	}
 }

@@ -56,12 +56,11 @@ func cmdRun(args []string) error {
 	}), "tmpfs", "`PATH[:SIZE]` extra writable tmpfs (repeatable)")
 	fs.StringVar(&o.TmpSize, "tmp-size", o.TmpSize, "size of the /tmp tmpfs")
 	fs.StringVar(&o.HomeSize, "home-size", o.HomeSize, "size of the $HOME tmpfs")
-	fs.StringVar(&o.Network, "network", o.Network, "`paddock` (CNI, policy-enforced egress) or `none` (loopback and the node's HTTP proxy only)")
+	fs.StringVar(&o.Network, "network", o.Network, "`MODE`: paddock (an interface from the paddock CNI network: transparent, policy-enforced egress) or none (loopback only; HTTP(S)_PROXY=127.0.0.1:3128 reaches paddockd's explicit proxy under --policy)")
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "CNI configuration `DIR`")
 	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", o.CNIBinDir, "CNI plugin `DIR`")
-	fs.StringVar(&o.Policy, "policy", "", "egress policy `NAME` (default: the network's)")
-	fs.StringVar(&o.ProxyAddr, "proxy", "127.0.0.1:3128", "the node's explicit HTTP proxy `HOST:PORT`, reached from --network none")
-	fs.StringVar(&o.ProxySocket, "proxy-socket", "", "the node's explicit HTTP proxy as a Unix socket `PATH` (instead of --proxy)")
+	fs.StringVar(&o.Policy, "policy", "", "egress policy `NAME` (default: the CNI network's; \""+sandbox.DefaultPolicy+"\" with --network none)")
+	fs.StringVar(&o.ProxySocket, "proxy-socket", o.ProxySocket, "paddockd's root-only explicit proxy socket `PATH` (its --explicit-socket), relayed to from --network none")
 	fs.Var(funcFlag(func(v string) error {
 		n, err := sandbox.ParseSize(v)
 		o.Memory = n
