@@ -6,8 +6,12 @@
 // the kernel allows) user namespaces; that init pivots into a fresh root of read-only binds with a
 // new /proc, a minimal /dev, tmpfs /tmp and $HOME, the workspace (ro, rw or
 // an overlay reviewed with `paddock diff/apply/discard`) and every secret
-// found in a bound directory masked, attaches the paddock CNI network (or
-// only loopback plus a bridge to the node's HTTP proxy), then confines one
+// found in a bound directory masked, attaches the paddock CNI network (the
+// parent runs CNI ADD/DEL from the node's namespace, like a runtime) or,
+// with --network none, only loopback plus 127.0.0.1:3128 (HTTP(S)_PROXY)
+// bridged to a per-run socket the parent relays to paddockd's root-only
+// explicit socket behind a header naming the run and its policy, which
+// the sandbox can neither reach nor forge; then confines one
 // locked thread (bounding and ambient capabilities dropped, ids switched,
 // all sets emptied, no_new_privs, Landlock, seccomp) and forks the command
 // from it, forwarding signals and reaping orphans until it exits.
