@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -185,6 +186,10 @@ func TestNetworkNone(t *testing.T) {
 	}
 	d := w.StartDaemon(t)
 	ca := waitCA(t, d)
+	// Whoever connects is trusted to name its sandbox: root only.
+	if fi, err := os.Stat(w.ExplicitSocket()); err != nil || fi.Mode().Perm() != 0o600 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("paddockd's explicit socket: want root's, mode 0600: %v %v", fi, err)
+	}
 	ws, state := t.TempDir(), t.TempDir()
 	if err := os.Chmod(ws, 0o755); err != nil {
 		t.Fatal(err)
@@ -243,6 +248,12 @@ func TestNetworkNone(t *testing.T) {
 	w.AssertNoLeaks(t)
 	if ents, _ := os.ReadDir(state); len(ents) != 0 {
 		t.Errorf("runs left state behind: %v", ents)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(w.ExplicitSocket()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("paddockd left its explicit socket behind: %v", err)
 	}
 }
 
