@@ -22,9 +22,10 @@ func redactHeaders(h http.Header, secrets []string) {
 	}
 }
 
-// redactReader replaces secrets in a stream. It holds back the last
-// len(longest secret)-1 bytes of what it has read, since a secret split
-// across two reads can only start there.
+// redactReader replaces secrets in a stream. It holds back only the tail of
+// what it has read that begins a secret, since a secret split across two
+// reads can only start there; everything else goes out at once, so a
+// streamed response (server-sent events) is not delayed until more arrives.
 type redactReader struct {
 	src     io.ReadCloser
 	secrets [][]byte
@@ -80,9 +81,9 @@ func (r *redactReader) scan(final bool) {
 		r.out = append(r.out, Redacted...)
 		r.pending = r.pending[at+len(r.secrets[which]):]
 	}
-	cut := len(r.pending) - r.keep
-	if final {
-		cut = len(r.pending)
+	cut := len(r.pending)
+	if !final {
+		cut -= r.partial()
 	}
 	if cut > 0 {
 		r.out = append(r.out, r.pending[:cut]...)
@@ -91,3 +92,17 @@ func (r *redactReader) scan(final bool) {
 }
 
 func (r *redactReader) Close() error { return r.src.Close() }
+
+// partial is the length of the longest tail of pending that is the start of
+// a secret (at most keep bytes: pending holds no whole secret any more).
+func (r *redactReader) partial() int {
+	for n := min(r.keep, len(r.pending)); n > 0; n-- {
+		tail := r.pending[len(r.pending)-n:]
+		for _, s := range r.secrets {
+			if bytes.HasPrefix(s, tail) {
+				return n
+			}
+		}
+	}
+	return 0
+}

@@ -224,6 +224,12 @@ egress:
 	if err != nil || !strings.Contains(out, "STATUS 200") || strings.Contains(out, token) || strings.Contains(out, apiKey) || !strings.Contains(out, proxy.Redacted) {
 		t.Fatalf("node fetch of echo-secret: want 200 with redacted credentials, got %v\n%s", err, out)
 	}
+	// A streamed response with injected credentials reaches the sandbox as
+	// it comes: the redactor holds back only what could begin a secret.
+	out, err = p.curl(t, "-N", "-m", "1.5", "https://echo.test:8443/events")
+	if !strings.Contains(out, "data: first") || strings.Contains(out, "data: second") {
+		t.Fatalf("event stream with injection: want the first event within 1.5 s, got %v\n%q", err, out)
+	}
 	r := p.waitAudit(t, "injected request", func(r proxy.AuditRecord) bool {
 		return r.Decision == "allow" && r.Path == "/echo-secret" && len(r.Injected) == 2
 	})

@@ -248,13 +248,27 @@ func startHeaderRecorder(t *testing.T, w *world.World, addr string) *headerRecor
 	if err != nil {
 		t.Fatalf("header recorder: %v", err)
 	}
-	inner := world.Handler()
+	mux := http.NewServeMux()
+	mux.Handle("/", world.Handler())
+	// /events is a server-sent event stream: one event, then a pause, as
+	// an LLM API streams tokens; a client must get the first event at once.
+	mux.HandleFunc("/events", func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(rw, "data: first\n\n")
+		http.NewResponseController(rw).Flush()
+		select {
+		case <-time.After(3 * time.Second):
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprint(rw, "data: second\n\n")
+	})
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 			rec.mu.Lock()
 			rec.seen = append(rec.seen, r.Header.Clone())
 			rec.mu.Unlock()
-			inner.ServeHTTP(rw, r)
+			mux.ServeHTTP(rw, r)
 		}),
 		TLSConfig:         &tls.Config{GetCertificate: w.CA().GetCertificate},
 		ReadHeaderTimeout: 10 * time.Second,
