@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -202,9 +203,15 @@ func listenExplicitRelay(sock string, o *Options, id string) (net.Listener, erro
 		return nil, fmt.Errorf("proxy relay: %w", err)
 	}
 	upstream := o.ProxySocket
+	var warn sync.Once
 	go serveBridge(ln, func() (net.Conn, error) {
 		c, err := net.DialTimeout("unix", upstream, 10*time.Second)
 		if err != nil {
+			// The command only sees its proxy connection closed: say why
+			// once, on the launcher's stderr.
+			warn.Do(func() {
+				fmt.Fprintf(os.Stderr, "paddock: --network none: cannot reach paddockd's explicit proxy at %s (%v): start paddockd, or pass --proxy-socket with its --explicit-socket path\n", upstream, err)
+			})
 			return nil, fmt.Errorf("paddockd's explicit socket %s: %w", upstream, err)
 		}
 		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))

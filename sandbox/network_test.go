@@ -327,6 +327,13 @@ func TestNetworkNoneRelay(t *testing.T) {
 		t.Errorf("header %q: want the launcher's, with policy default", h)
 	}
 
+	// Without paddockd the command's proxy connections close, and the
+	// launcher says why.
+	r = e.run([]string{"--proxy-socket", sock + ".missing"}, `curl -sS --max-time 10 http://site.test/`)
+	if r.code == 0 || !strings.Contains(r.stderr, "cannot reach paddockd's explicit proxy at "+sock+".missing") {
+		t.Errorf("missing paddockd: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+
 	// Bad policy names are refused before anything starts.
 	r = e.run([]string{"--proxy-socket", sock, "--policy", "../etc"}, "true")
 	if r.code == 0 || !strings.Contains(r.stderr, `policy "../etc"`) {
