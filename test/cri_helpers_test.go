@@ -520,8 +520,9 @@ func (e *criEnv) podSpec(t *testing.T, ns, name string, annotations map[string]s
 	return e.writeJSON(t, "pod-"+ns+"-"+name+".json", spec)
 }
 
-// containerSpec runs sleep in criImage with the paddock CA mounted at
-// /paddock-ca.
+// containerSpec runs sleep in criImage with the paddock CA certificate
+// (not its key, which sits beside it in caDir) mounted at
+// /paddock-ca/ca.pem.
 func (e *criEnv) containerSpec(t *testing.T, name, caDir string) string {
 	t.Helper()
 	spec := map[string]any{
@@ -529,7 +530,7 @@ func (e *criEnv) containerSpec(t *testing.T, name, caDir string) string {
 		"image":    map[string]any{"image": criImage},
 		"command":  []string{"/bin/sleep", "3600"},
 		"log_path": name + ".log",
-		"mounts":   []map[string]any{{"container_path": "/paddock-ca", "host_path": caDir, "readonly": true}},
+		"mounts":   []map[string]any{{"container_path": "/paddock-ca/ca.pem", "host_path": filepath.Join(caDir, "ca.pem"), "readonly": true}},
 		"linux":    map[string]any{},
 	}
 	return e.writeJSON(t, "ctr-"+name+".json", spec)
