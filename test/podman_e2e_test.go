@@ -85,6 +85,18 @@ func TestPodmanStandalone(t *testing.T) {
 		t.Errorf("CNI calls for podman rm -f of a running container: %v; want one DEL", calls)
 	}
 
+	// A container whose process exits by itself is detached by `podman
+	// container cleanup`, which conmon spawns with a cut-down environment:
+	// its DEL must still find the plugin and leave nothing.
+	n = len(e.verbs(t))
+	short := e.mustRun(t, append(e.runArgs("pmshort-"+e.w.ID, "-d"), "sleep", "2")...)[:64]
+	sb4 := e.mustRegistration(t, short)
+	e.assertGone(t, sb4)
+	if calls := e.verbsSince(t, n); len(calls) != 2 || calls[1].Command != "DEL" || calls[1].ContainerID != short {
+		t.Errorf("CNI calls for a container that exited: %v; want ADD, then DEL from podman container cleanup", calls)
+	}
+	e.mustRun(t, "rm", short)
+
 	// --rm: the policy follows the name (K8S_POD_NAME); a PADDOCK_POLICY
 	// in CNI_ARGS of podman's environment is a request allowedPolicies
 	// grants ("web") or refuses ("wide": ADD fails, nothing is left).
@@ -153,6 +165,17 @@ func TestPodmanChained(t *testing.T) {
 	e.expectRefused(t, id, "blocked.test")
 	e.mustRun(t, "rm", "--force", "--time", "0", id)
 	e.assertGone(t, sb)
+
+	out, err := e.run(nil, append(e.runArgs("pmchainrm-"+e.w.ID, "--rm"), podmanCurl("allowed.test")...)...)
+	if err != nil || !strings.Contains(out, "hello from allowed.test") {
+		t.Errorf("--rm container on the chained network: curl allowed.test: %v: %s", err, out)
+	}
+	if !waitFor(15*time.Second, func() bool { return len(cliStatus(t, e.w).Sandboxes) == 0 }) {
+		t.Errorf("registrations left after the --rm container exited: %+v", cliStatus(t, e.w).Sandboxes)
+	}
+	if l := leasesIn(t, e.ipamDir+"/"+e.network()); len(l) != 0 {
+		t.Errorf("host-local leases left: %v", l)
+	}
 	e.assertVerbs(t)
 	e.w.AssertNoLeaks(t)
 }

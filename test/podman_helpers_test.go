@@ -51,26 +51,26 @@ echo "$CNI_COMMAND $CNI_CONTAINERID netns=$CNI_NETNS prevResult=$prev args=$CNI_
 printf '%%s' "$in" | exec '%s' "$@"
 `
 
-// podmanContainersConf is the containers.conf podman and the `podman
-// container cleanup` conmon spawns both read. The cleanup process gets
-// conmon's cut-down environment, so conmon_env_vars must hand it
-// CONTAINERS_CONF, or its DEL would look for plugins in the distribution's
-// dirs. The ulimits: podman raises nofile and nproc for root by default,
-// and without CAP_SYS_RESOURCE (this VM) runc then fails with "error
-// setting rlimits"; even the hard limits podman runs under were refused.
+// podmanContainersConf is the containers.conf podman reads. The DEL of a
+// container whose process exits comes from `podman container cleanup`,
+// which conmon spawns with a cut-down environment and flags that carry the
+// network config dir but not the plugin dirs: it finds the plugins only
+// because podman hands CONTAINERS_CONF on to conmon. The ulimits: podman
+// raises nofile and nproc for root by default, and without
+// CAP_SYS_RESOURCE (this VM) runc then fails with "error setting rlimits";
+// even the hard limits podman itself runs under were refused.
 const podmanContainersConf = `[containers]
 default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 
 [engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
-conmon_env_vars = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "CONTAINERS_CONF=%[1]s"]
 
 [network]
 network_backend = "cni"
-cni_plugin_dirs = [%[2]q]
-network_config_dir = %[3]q
-default_network = %[4]q
+cni_plugin_dirs = [%[1]q]
+network_config_dir = %[2]q
+default_network = %[3]q
 `
 
 // requirePodman skips unless podman and what the image is built from are
@@ -127,7 +127,7 @@ func newPodman(t *testing.T, policies map[string]string, plugins func(e *podmanE
 	if err := os.WriteFile(filepath.Join(e.cniDir, "paddock"), []byte(wrapper), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	conf := fmt.Sprintf(podmanContainersConf, e.conf, e.cniDir, e.netDir, e.network())
+	conf := fmt.Sprintf(podmanContainersConf, e.cniDir, e.netDir, e.network())
 	if err := os.WriteFile(e.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -194,6 +194,9 @@ func podmanCopyFile(t *testing.T, src, dst string) {
 // cmd is podman in node's network namespace (nsenter --net keeps the
 // mount namespace, so /sys/fs/cgroup stays visible and the netns podman
 // makes under /run/netns is one paddockd can open) with private storage.
+// One piece of podman's state is not private: podman 4.3's CNI backend
+// keeps libcni's result cache in /var/lib/cni/results, with no setting to
+// move it; its entries go at DEL, and cleanup's `rm --all` DELs everything.
 func (e *podmanEnv) cmd(ctx context.Context, env []string, args ...string) *exec.Cmd {
 	argv := append([]string{"--net=" + e.w.NodePath(), "podman",
 		"--root", filepath.Join(e.dir, "storage"), "--runroot", filepath.Join(e.dir, "run"),
