@@ -65,6 +65,12 @@ func TestCRIContainerd(t *testing.T) {
 		e.expectReach(t, p, "allowed.test")
 		e.expectRefused(t, p, "blocked.test")
 		e.expectRefused(t, p, "other.test")
+		// What the proxy cannot carry is dropped on the node, never
+		// forwarded: the leak detector checks it at the end.
+		out, err := e.execIn(p.Container, 30*time.Second, "ping", "-c", "1", "-W", "2", world.EchoAddr.String())
+		if err == nil || !strings.Contains(out, "0 packets received") {
+			t.Errorf("container ping %s: %v: %s, want it sent and unanswered", world.EchoAddr, err, out)
+		}
 		e.stopAndRemove(t, w, d, p)
 	})
 

@@ -217,7 +217,7 @@ func imageLayer() ([]byte, error) {
 			return nil, err
 		}
 	}
-	for _, applet := range []string{"sh", "sleep", "cat", "ls", "ip"} {
+	for _, applet := range []string{"sh", "sleep", "cat", "ls", "ping"} {
 		if err := tw.WriteHeader(&tar.Header{Name: "bin/" + applet, Linkname: "busybox", Mode: 0o777, Typeflag: tar.TypeSymlink}); err != nil {
 			return nil, err
 		}
