@@ -135,6 +135,7 @@ func TestPodmanStandalone(t *testing.T) {
 	if v := nodeVeths(t, e.w); len(v) != 0 {
 		t.Errorf("paddock host veths left in node: %v", v)
 	}
+	e.assertNoSandboxIfs(t)
 	e.assertVerbs(t)
 	e.w.AssertNoLeaks(t)
 }
@@ -176,6 +177,7 @@ func TestPodmanChained(t *testing.T) {
 	if l := leasesIn(t, e.ipamDir+"/"+e.network()); len(l) != 0 {
 		t.Errorf("host-local leases left: %v", l)
 	}
+	e.assertNoSandboxIfs(t)
 	e.assertVerbs(t)
 	e.w.AssertNoLeaks(t)
 }

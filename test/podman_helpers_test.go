@@ -322,7 +322,10 @@ func (e *podmanEnv) mustRegistration(t *testing.T, id string) api.SandboxStatus 
 		t.Fatalf("container %.12s is not registered with paddockd: %+v", id, cliStatus(t, e.w).Sandboxes)
 	}
 	if sb.Enforced != "ok" || len(sb.IPs) != 1 {
-		t.Errorf("registration of %.12s: enforced %q, ips %v; want ok and one address", id, sb.Enforced, sb.IPs)
+		t.Fatalf("registration of %.12s: enforced %q, ips %v; want ok and one address", id, sb.Enforced, sb.IPs)
+	}
+	if out := e.sandboxIfs(t); !strings.Contains(out, `"`+sb.HostVeth+`"`) {
+		t.Errorf("sandbox_ifs lacks host veth %s of container %.12s:\n%s", sb.HostVeth, id, out)
 	}
 	return sb
 }
@@ -354,6 +357,26 @@ func (e *podmanEnv) assertGone(t *testing.T, sb api.SandboxStatus) {
 		if regexp.MustCompile(`(^|[^0-9.a-z])` + regexp.QuoteMeta(word) + `($|[^0-9a-z])`).Match(out) {
 			t.Errorf("nftables still names %s of container %.12s:\n%s", word, sb.ContainerID, out)
 		}
+	}
+}
+
+// sandboxIfs is nftables' set of sandbox interfaces as `nft list set`
+// prints it.
+func (e *podmanEnv) sandboxIfs(t *testing.T) string {
+	t.Helper()
+	out, err := e.w.ExecNode("nft", "list", "set", "inet", "paddock", "sandbox_ifs")
+	if err != nil {
+		t.Fatalf("nft list set inet paddock sandbox_ifs: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+// assertNoSandboxIfs checks that the set is empty once every container is
+// gone.
+func (e *podmanEnv) assertNoSandboxIfs(t *testing.T) {
+	t.Helper()
+	if out := e.sandboxIfs(t); strings.Contains(out, "elements") {
+		t.Errorf("sandbox_ifs still has elements after every container is gone:\n%s", out)
 	}
 }
 
