@@ -45,7 +45,7 @@ func TestPodmanStandalone(t *testing.T) {
 		return []any{p}
 	})
 	name := "pmagent-" + e.w.ID
-	id := e.mustRun(t, append(e.runArgs(name, "-d"), "sleep", "600")...)[:64]
+	id := e.detach(t, name, "600")
 	sb := e.mustRegistration(t, id)
 	if sb.Policy != "default" || sb.Args["K8S_POD_NAME"] != name {
 		t.Errorf("registration: policy %q, args %v; want default and K8S_POD_NAME=%s", sb.Policy, sb.Args, name)
@@ -89,7 +89,7 @@ func TestPodmanStandalone(t *testing.T) {
 	// container cleanup`, which conmon spawns with a cut-down environment:
 	// its DEL must still find the plugin and leave nothing.
 	n = len(e.verbs(t))
-	short := e.mustRun(t, append(e.runArgs("pmshort-"+e.w.ID, "-d"), "sleep", "2")...)[:64]
+	short := e.detach(t, "pmshort-"+e.w.ID, "4")
 	sb4 := e.mustRegistration(t, short)
 	e.assertGone(t, sb4)
 	if calls := e.verbsSince(t, n); len(calls) != 2 || calls[1].Command != "DEL" || calls[1].ContainerID != short {
@@ -157,7 +157,7 @@ func TestPodmanChained(t *testing.T) {
 			podmanPaddock(e),
 		}
 	})
-	id := e.mustRun(t, append(e.runArgs("pmchain-"+e.w.ID, "-d"), "sleep", "600")...)[:64]
+	id := e.detach(t, "pmchain-"+e.w.ID, "600")
 	sb := e.mustRegistration(t, id)
 	if strings.HasPrefix(sb.HostVeth, "pdk") {
 		t.Errorf("chained registration names host veth %s, want ptp's", sb.HostVeth)

@@ -240,6 +240,16 @@ func (e *podmanEnv) runArgs(name string, extra ...string) []string {
 	return append(append(args, extra...), "--rootfs", e.rootfs)
 }
 
+// detach starts container name running `sleep seconds` and returns its id.
+func (e *podmanEnv) detach(t *testing.T, name, seconds string) string {
+	t.Helper()
+	id := e.mustRun(t, append(e.runArgs(name, "-d"), "sleep", seconds)...)
+	if len(id) != 64 {
+		t.Fatalf("podman run -d %s printed %q, want a container id", name, id)
+	}
+	return id
+}
+
 // podmanCurl fetches https://host/ trusting the paddock CA.
 func podmanCurl(host string) []string {
 	return []string{"curl", "-sS", "-m", "10", "--cacert", "/paddock-ca/ca.pem", "https://" + host + "/"}
