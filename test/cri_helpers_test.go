@@ -45,13 +45,10 @@ type criEnv struct {
 	crictl    string
 	cgroup    string // the pods' cgroup parent, unique to the test
 	verbLog   string // one line per CNI call the wrapper plugin saw
-	conflist  string
+	crictlCfg string
 	proc      *exec.Cmd
 	exited    chan struct{}
 	logFile   *os.File
-	binDir    string
-	confDir   string
-	crictlCfg string
 }
 
 // requireContainerd skips unless containerd, ctr, runc, the runc shim and
@@ -78,14 +75,14 @@ func staticBinary(path string) bool {
 	return err != nil && strings.Contains(string(out), "not a dynamic executable")
 }
 
-// goTool runs the go command that built this test.
+// goTool runs the go command (from PATH, else /usr/local/go) in dir.
 func goTool(t *testing.T, dir string, env []string, args ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	goBin := filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
 	}
 	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Dir = dir
@@ -100,7 +97,7 @@ func goTool(t *testing.T, dir string, env []string, args ...string) {
 func buildCRITools(t *testing.T, dir string) (crictl, loopback string) {
 	t.Helper()
 	crictl, loopback = filepath.Join(dir, "crictl"), filepath.Join(dir, "loopback")
-	goTool(t, os.TempDir(), []string{"GOBIN=" + dir, "GOFLAGS=", "GO111MODULE=on"}, "install", crictlModule)
+	goTool(t, os.TempDir(), []string{"GOBIN=" + dir, "GOFLAGS=", "GO111MODULE=on", "GOWORK=off"}, "install", crictlModule)
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
@@ -295,29 +292,27 @@ func startContainerd(t *testing.T, w *world.World, conflist []byte) *criEnv {
 		socket:    filepath.Join(dir, "containerd.sock"),
 		cgroup:    "/paddock-" + w.Prefix,
 		verbLog:   filepath.Join(dir, "cni-verbs.log"),
-		binDir:    filepath.Join(dir, "cni-bin"),
-		confDir:   filepath.Join(dir, "cni-conf"),
 		crictlCfg: filepath.Join(dir, "crictl.yaml"),
 	}
-	for _, d := range []string{e.binDir, e.confDir, filepath.Join(dir, "tools"), filepath.Join(dir, "logs")} {
+	binDir, confDir := filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf")
+	for _, d := range []string{binDir, confDir, filepath.Join(dir, "tools"), filepath.Join(dir, "logs")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var loopback string
 	e.crictl, loopback = buildCRITools(t, filepath.Join(dir, "tools"))
-	if err := os.Rename(loopback, filepath.Join(e.binDir, "loopback")); err != nil {
+	if err := os.Rename(loopback, filepath.Join(binDir, "loopback")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(filepath.Join(w.CNIPath(), "host-local"), filepath.Join(e.binDir, "host-local")); err != nil {
+	if err := os.Symlink(filepath.Join(w.CNIPath(), "host-local"), filepath.Join(binDir, "host-local")); err != nil {
 		t.Fatal(err)
 	}
 	wrapper := fmt.Sprintf(verbWrapper, e.verbLog, filepath.Join(w.CNIPath(), "paddock"))
-	if err := os.WriteFile(filepath.Join(e.binDir, "paddock"), []byte(wrapper), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(binDir, "paddock"), []byte(wrapper), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e.conflist = filepath.Join(e.confDir, "10-paddock.conflist")
-	if err := os.WriteFile(e.conflist, conflist, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(confDir, "10-paddock.conflist"), conflist, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "config.toml")
@@ -325,7 +320,7 @@ func startContainerd(t *testing.T, w *world.World, conflist []byte) *criEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = containerdConfig.Execute(f, map[string]string{"Dir": dir, "Socket": e.socket, "Image": criImage, "BinDir": e.binDir, "ConfDir": e.confDir})
+	err = containerdConfig.Execute(f, map[string]string{"Dir": dir, "Socket": e.socket, "Image": criImage, "BinDir": binDir, "ConfDir": confDir})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
