@@ -128,12 +128,29 @@ func Run(ctx context.Context, cfg Config) error {
 	defer wg.Wait()
 	wg.Go(func() { store.Watch(ctx, time.Second) })
 	feedDone := make(chan error, 1)
+	// Connections and queries that queued while the proxy was down are
+	// accepted at once: serve nothing before the first sandbox list, or they
+	// would all be refused as coming from unknown sources.
+	fed := make(chan struct{})
 	if cfg.Sandboxes != nil {
-		go func() { feedDone <- readSandboxFeed(cfg.Sandboxes, &sbs, log) }()
+		go func() { feedDone <- readSandboxFeed(cfg.Sandboxes, &sbs, log, fed) }()
+	} else {
+		close(fed)
+	}
+	waitFed := func() bool {
+		select {
+		case <-fed:
+			return true
+		case <-ctx.Done():
+			return false
+		}
 	}
 	if cfg.Listener != nil {
 		go func() { <-ctx.Done(); cfg.Listener.Close() }()
 		wg.Go(func() {
+			if !waitFed() {
+				return
+			}
 			for {
 				c, err := cfg.Listener.Accept()
 				if err != nil {
@@ -164,6 +181,9 @@ func Run(ctx context.Context, cfg Config) error {
 	guard := &DNSGuard{Decider: decider, Lookup: sbs.lookup, Resolver: cfg.Resolver, Audit: audit, Metrics: metrics, Log: log}
 	if cfg.DNSUDP != nil {
 		wg.Go(func() {
+			if !waitFed() {
+				return
+			}
 			if err := guard.ServeUDP(ctx, cfg.DNSUDP); err != nil {
 				log.Error("dns udp stopped", "reason", err.Error())
 				cancel()
@@ -172,6 +192,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.DNSTCP != nil {
 		wg.Go(func() {
+			if !waitFed() {
+				return
+			}
 			if err := guard.ServeTCP(ctx, cfg.DNSTCP); err != nil {
 				log.Error("dns tcp stopped", "reason", err.Error())
 				cancel()
@@ -188,8 +211,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 }
 
-// readSandboxFeed applies each JSON line of r as the new sandbox list.
-func readSandboxFeed(r io.Reader, sbs *sandboxes, log *slog.Logger) error {
+// readSandboxFeed applies each JSON line of r as the new sandbox list and
+// closes fed once the first list is applied.
+func readSandboxFeed(r io.Reader, sbs *sandboxes, log *slog.Logger, fed chan struct{}) error {
+	var once sync.Once
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
 	for sc.Scan() {
@@ -200,6 +225,7 @@ func readSandboxFeed(r io.Reader, sbs *sandboxes, log *slog.Logger) error {
 			continue
 		}
 		sbs.set(list)
+		once.Do(func() { close(fed) })
 		log.Info("sandboxes updated", "count", len(list))
 	}
 	if err := sc.Err(); err != nil {

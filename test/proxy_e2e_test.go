@@ -277,7 +277,7 @@ func TestProxyRefusesFrontingAndInternal(t *testing.T) {
 	p := newProxyWorld(t, `dns: allowlist
 egress:
   - domains: [allowed.test, other.test]
-  - domains: [loopback.test, private.test, metadata.test]
+  - domains: [loopback.test, private.test, metadata.test, node.test]
 `)
 	web := world.WebAddr.String()
 	out, err := p.curl(t, "-i", "--resolve", "allowed.test:443:"+web, "-H", "Host: other.test", "https://allowed.test/")
@@ -290,8 +290,9 @@ egress:
 	}
 
 	// Listeners where a dial to the resolved addresses would land: loopback
-	// in node (where the proxy runs); the private and link-local ones are
-	// given to the internet namespace, where node's default route leads.
+	// and the node's own uplink address in node (where the proxy runs); the
+	// private and link-local ones are given to the internet namespace, where
+	// node's default route leads.
 	for _, a := range []string{"10.0.0.1/32", "169.254.169.254/32"} {
 		if out, err := p.w.ExecInternet("ip", "addr", "add", a, "dev", "lo"); err != nil {
 			t.Fatalf("add %s in internet: %v %s", a, err, out)
@@ -299,10 +300,11 @@ egress:
 	}
 	counters := []*connCounter{
 		startConnCounter(t, p.w.InNode, "127.0.0.1:443"),
+		startConnCounter(t, p.w.InNode, world.NodeAddr.String()+":443"),
 		startConnCounter(t, p.w.InInternet, "10.0.0.1:443"),
 		startConnCounter(t, p.w.InInternet, "169.254.169.254:443"),
 	}
-	for _, name := range []string{"loopback.test", "private.test", "metadata.test"} {
+	for _, name := range []string{"loopback.test", "private.test", "metadata.test", "node.test"} {
 		out, err := p.curl(t, "-i", "--resolve", name+":443:"+web, "https://"+name+"/")
 		if err != nil || !statusLine(out, 403) || !strings.Contains(out, "internal address") {
 			t.Fatalf("%s: want 403 for an internal address, got %v\n%s", name, err, out)
@@ -348,7 +350,9 @@ func TestProxyDNSGuard(t *testing.T) {
 		}
 		return out
 	}
-	for _, server := range []string{"", "@" + p.gw.String()} {
+	// Whatever server the sandbox asks (its resolv.conf, its gateway, an
+	// address that runs no DNS at all, over UDP or TCP), the guard answers.
+	for _, server := range []string{"", "@" + p.gw.String(), "@" + world.OtherWebAddr.String(), "+tcp"} {
 		args := []string{"allowed.test", "A"}
 		if server != "" {
 			args = append([]string{server}, args...)
@@ -465,9 +469,20 @@ func TestProxyUnprivilegedAndRestarted(t *testing.T) {
 			"--cacert", p.ca, "https://allowed.test/")
 	}()
 	newPid := p.waitProxyPid(t, pid, 10*time.Second)
+	restarted := time.Now()
 	t.Logf("paddock-proxy restarted as pid %d", newPid)
 	wg.Wait()
 	t.Logf("request while the proxy was down: %v %s", downErr, downOut)
+	// The new proxy serves what queued while it was down, knowing the
+	// sandbox from its first accept on.
+	for _, r := range p.audit(t) {
+		if strings.Contains(r.Error, "unknown source") {
+			t.Errorf("the restarted proxy did not know the sandbox yet: %+v", r)
+		}
+	}
+	if downErr != nil || !strings.Contains(downOut, "hello from allowed.test") {
+		t.Errorf("request made while the proxy was down: want it served once the proxy is back, got %v\n%s", downErr, downOut)
+	}
 	if leaks := p.w.WaitLeak(time.Second); len(leaks) > 0 {
 		t.Fatalf("traffic leaked while the proxy was down: %v", leaks)
 	}
@@ -482,6 +497,12 @@ func TestProxyUnprivilegedAndRestarted(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	if out, err := p.exec(t, 10*time.Second, "dig", "+time=3", "+tries=1", "+short", "allowed.test"); err != nil || strings.TrimSpace(out) != world.WebAddr.String() {
+		t.Fatalf("DNS guard after the restart: %v %q", err, out)
+	}
+	p.waitAudit(t, "a request served by the new proxy", func(r proxy.AuditRecord) bool {
+		return r.Decision == "allow" && r.Host == "allowed.test" && r.Status == 200 && r.Time.After(restarted)
+	})
 	for _, u := range procUIDs(t, newPid) {
 		if u == 0 {
 			t.Fatalf("restarted paddock-proxy %d runs as root", newPid)
