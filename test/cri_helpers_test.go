@@ -366,7 +366,18 @@ exec containerd --config "$1"`
 	buildImage(t, img)
 	ctx, cancel := context.WithTimeout(context.Background(), criTimeout)
 	defer cancel()
-	if out, err := e.ctr(ctx, "-n", "k8s.io", "images", "import", "--snapshotter", "native", img); err != nil {
+	version, err := e.ctr(ctx, "version")
+	if err != nil {
+		t.Fatalf("ctr version: %v: %s", err, version)
+	}
+	t.Logf("containerd: %s", strings.Join(strings.Fields(string(version)), " "))
+	importArgs := []string{"-n", "k8s.io", "images", "import", "--snapshotter", "native"}
+	if regexp.MustCompile(`Version:\s+v?2\.`).Match(version) {
+		// 2.x imports through the transfer service by default, which
+		// does not unpack for the CRI's snapshotter here.
+		importArgs = append(importArgs, "--local")
+	}
+	if out, err := e.ctr(ctx, append(importArgs, img)...); err != nil {
 		t.Fatalf("ctr images import: %v\n%s\ncontainerd log:\n%s", err, out, e.log())
 	}
 	return e
