@@ -179,7 +179,16 @@ egress:
         secretFile: %s
       - header: X-Api-Key
         secretFile: %s
-`, filepath.Join(dir, "token"), filepath.Join(dir, "apikey"))
+  - domains: [other.test]
+    ports: [8443]
+    inject:
+      - header: Authorization
+        secretFile: %s
+`, filepath.Join(dir, "token"), filepath.Join(dir, "apikey"), filepath.Join(dir, "root-only"))
+	// The proxy runs as nobody: a secret only root can read is unavailable.
+	if err := os.WriteFile(filepath.Join(dir, "root-only"), []byte("never-sent\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	p := newProxyWorld(t, policy)
 	rec := startHeaderRecorder(t, p.w, world.WebAddr.String()+":8443")
 
@@ -230,12 +239,33 @@ egress:
 	if !strings.Contains(out, "data: first") || strings.Contains(out, "data: second") {
 		t.Fatalf("event stream with injection: want the first event within 1.5 s, got %v\n%q", err, out)
 	}
+	// The file is read on every request: a rotated secret is used at once.
+	const rotated = "tok-rotated-77d1"
+	if err := os.WriteFile(filepath.Join(dir, "token"), []byte(rotated+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := p.curl(t, "-i", "https://echo.test:8443/echo"); err != nil || !statusLine(out, 200) || strings.Contains(out, rotated) {
+		t.Fatalf("after rotation: %v\n%s", err, out)
+	}
+	seen = rec.received()
+	if got := seen[len(seen)-1].Get("Authorization"); got != "Bearer "+rotated {
+		t.Fatalf("after rotation the upstream got Authorization %q, want the new token", got)
+	}
+	// A credential the proxy cannot read stops the request before it leaves.
+	before := len(rec.received())
+	out, err = p.curl(t, "-i", "https://other.test:8443/echo")
+	if err != nil || !statusLine(out, 502) || !strings.Contains(out, "credential for header Authorization is unavailable") {
+		t.Fatalf("unreadable secret: want 502 naming the header, got %v\n%s", err, out)
+	}
+	if n := len(rec.received()); n != before {
+		t.Fatalf("a request without its credential reached the upstream (%d requests, had %d)", n, before)
+	}
 	r := p.waitAudit(t, "injected request", func(r proxy.AuditRecord) bool {
 		return r.Decision == "allow" && r.Path == "/echo-secret" && len(r.Injected) == 2
 	})
 	t.Logf("audit: %+v", r)
 	b, _ := os.ReadFile(filepath.Join(p.d.LogDir, "audit.jsonl"))
-	if strings.Contains(string(b), token) || strings.Contains(string(b), apiKey) {
+	if strings.Contains(string(b), token) || strings.Contains(string(b), apiKey) || strings.Contains(string(b), rotated) {
 		t.Fatal("audit log contains a secret")
 	}
 	p.w.AssertNoLeaks(t)
