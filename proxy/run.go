@@ -57,7 +57,15 @@ type sandboxTable struct {
 	gateways []netip.Addr
 }
 
-type sandboxes struct{ v atomic.Pointer[sandboxTable] }
+type sandboxes struct {
+	v       atomic.Pointer[sandboxTable]
+	mu      sync.Mutex
+	changed chan struct{} // closed by the next set
+}
+
+// feedGrace bounds how long a connection or query from an unknown source
+// waits for the sandbox list to name it.
+const feedGrace = 2 * time.Second
 
 func (s *sandboxes) set(list []api.Sandbox) {
 	t := &sandboxTable{byIP: map[netip.Addr]api.Sandbox{}}
@@ -72,6 +80,39 @@ func (s *sandboxes) set(list []api.Sandbox) {
 		}
 	}
 	s.v.Store(t)
+	s.mu.Lock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+	s.mu.Unlock()
+}
+
+// lookupSoon is lookup for a source the list may not name yet: paddockd
+// answers a sandbox's CNI ADD once it has written the new list to this
+// process, so the sandbox's first packet can arrive before the list is read,
+// and connections queued while this process restarted are accepted before
+// its first list. Those wait for the list (up to feedGrace) instead of being
+// refused as unknown.
+func (s *sandboxes) lookupSoon(a netip.Addr) (api.Sandbox, bool) {
+	deadline := time.NewTimer(feedGrace)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		changed := s.changed
+		s.mu.Unlock()
+		if sb, ok := s.lookup(a); ok {
+			return sb, true
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return api.Sandbox{}, false
+		}
+	}
 }
 
 func (s *sandboxes) lookup(a netip.Addr) (api.Sandbox, bool) {
@@ -128,29 +169,12 @@ func Run(ctx context.Context, cfg Config) error {
 	defer wg.Wait()
 	wg.Go(func() { store.Watch(ctx, time.Second) })
 	feedDone := make(chan error, 1)
-	// Connections and queries that queued while the proxy was down are
-	// accepted at once: serve nothing before the first sandbox list, or they
-	// would all be refused as coming from unknown sources.
-	fed := make(chan struct{})
 	if cfg.Sandboxes != nil {
-		go func() { feedDone <- readSandboxFeed(cfg.Sandboxes, &sbs, log, fed) }()
-	} else {
-		close(fed)
-	}
-	waitFed := func() bool {
-		select {
-		case <-fed:
-			return true
-		case <-ctx.Done():
-			return false
-		}
+		go func() { feedDone <- readSandboxFeed(cfg.Sandboxes, &sbs, log) }()
 	}
 	if cfg.Listener != nil {
 		go func() { <-ctx.Done(); cfg.Listener.Close() }()
 		wg.Go(func() {
-			if !waitFed() {
-				return
-			}
 			for {
 				c, err := cfg.Listener.Accept()
 				if err != nil {
@@ -164,8 +188,10 @@ func Run(ctx context.Context, cfg Config) error {
 				if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 					src = a.AddrPort()
 				}
-				sb, _ := sbs.lookup(src.Addr())
-				go srv.ServeConn(c, sb, origdst.OriginalDst(c))
+				go func() {
+					sb, _ := sbs.lookupSoon(src.Addr())
+					srv.ServeConn(c, sb, origdst.OriginalDst(c))
+				}()
 			}
 		})
 	}
@@ -178,12 +204,9 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
-	guard := &DNSGuard{Decider: decider, Lookup: sbs.lookup, Resolver: cfg.Resolver, Audit: audit, Metrics: metrics, Log: log}
+	guard := &DNSGuard{Decider: decider, Lookup: sbs.lookupSoon, Resolver: cfg.Resolver, Audit: audit, Metrics: metrics, Log: log}
 	if cfg.DNSUDP != nil {
 		wg.Go(func() {
-			if !waitFed() {
-				return
-			}
 			if err := guard.ServeUDP(ctx, cfg.DNSUDP); err != nil {
 				log.Error("dns udp stopped", "reason", err.Error())
 				cancel()
@@ -192,9 +215,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.DNSTCP != nil {
 		wg.Go(func() {
-			if !waitFed() {
-				return
-			}
 			if err := guard.ServeTCP(ctx, cfg.DNSTCP); err != nil {
 				log.Error("dns tcp stopped", "reason", err.Error())
 				cancel()
@@ -211,10 +231,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 }
 
-// readSandboxFeed applies each JSON line of r as the new sandbox list and
-// closes fed once the first list is applied.
-func readSandboxFeed(r io.Reader, sbs *sandboxes, log *slog.Logger, fed chan struct{}) error {
-	var once sync.Once
+// readSandboxFeed applies each JSON line of r as the new sandbox list.
+func readSandboxFeed(r io.Reader, sbs *sandboxes, log *slog.Logger) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
 	for sc.Scan() {
@@ -225,7 +243,6 @@ func readSandboxFeed(r io.Reader, sbs *sandboxes, log *slog.Logger, fed chan str
 			continue
 		}
 		sbs.set(list)
-		once.Do(func() { close(fed) })
 		log.Info("sandboxes updated", "count", len(list))
 	}
 	if err := sc.Err(); err != nil {

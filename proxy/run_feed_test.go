@@ -14,39 +14,62 @@ import (
 	"time"
 )
 
-// TestRunWaitsForFeed: a connection queued before the proxy (re)started is
-// decided with the sandbox list once it arrives, not reset as unknown.
+// TestRunWaitsForFeed: a connection whose source the sandbox list does not
+// name yet is decided once the list names it, not reset as unknown: one
+// queued before the proxy (re)started, and one from a sandbox registered a
+// moment before its first packet.
 func TestRunWaitsForFeed(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "default.yaml"), []byte("egress:\n  - domains: [allowed.test]\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Queued in the backlog, as while the proxy process was down.
-	c, err := net.Dial("tcp4", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: blocked.test\r\nConnection: close\r\n\r\n")
+	const known = `[{"network":"n","containerID":"abcdef0123456789","ifName":"eth0","ips":["127.0.0.1/32"],"gateway":"127.0.0.2","policy":"default"}]`
+	for _, tc := range []struct {
+		name   string
+		before []string // lines fed before the connection
+		queued bool     // the connection is made before Run starts
+	}{
+		{name: "queued across a restart", queued: true},
+		{name: "registered just now", before: []string{"[]"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "default.yaml"), []byte("egress:\n  - domains: [allowed.test]\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			l, err := net.Listen("tcp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var c net.Conn
+			dial := func() {
+				if c, err = net.Dial("tcp4", l.Addr().String()); err != nil {
+					t.Fatal(err)
+				}
+				fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: blocked.test\r\nConnection: close\r\n\r\n")
+			}
+			if tc.queued {
+				dial()
+			}
+			feedR, feedW := io.Pipe()
+			defer feedW.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() {
+				_ = Run(ctx, Config{PolicyDir: dir, CADir: t.TempDir(), Resolver: startDNS(t), Listener: l,
+					Audit: &syncBuffer{}, Sandboxes: feedR, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			}()
+			for _, line := range tc.before {
+				fmt.Fprintln(feedW, line)
+			}
+			if !tc.queued {
+				dial()
+			}
+			defer c.Close()
+			time.Sleep(300 * time.Millisecond) // the connection is accepted by now
+			fmt.Fprintln(feedW, known)
 
-	feedR, feedW := io.Pipe()
-	defer feedW.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		_ = Run(ctx, Config{PolicyDir: dir, CADir: t.TempDir(), Resolver: startDNS(t), Listener: l,
-			Audit: &syncBuffer{}, Sandboxes: feedR, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	}()
-	time.Sleep(300 * time.Millisecond) // Run is up and would accept now
-	fmt.Fprintln(feedW, `[{"network":"n","containerID":"abcdef0123456789","ifName":"eth0","ips":["127.0.0.1/32"],"gateway":"127.0.0.2","policy":"default"}]`)
-
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b, _ := io.ReadAll(bufio.NewReader(c))
-	if !strings.Contains(string(b), "403 Forbidden") || !strings.Contains(string(b), "no rule allows this host") {
-		t.Fatalf("queued connection: want the policy's 403, got %q", b)
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(bufio.NewReader(c))
+			if !strings.Contains(string(b), "403 Forbidden") || !strings.Contains(string(b), "no rule allows this host") {
+				t.Fatalf("want the policy's 403, got %q", b)
+			}
+		})
 	}
 }
