@@ -166,6 +166,9 @@ func (d *Datapath) Attach(_ context.Context, sb api.Sandbox) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := noForwarding(sb.HostVeth); err != nil {
+		return err
+	}
 	if err := d.fw.AddSandbox(sb); err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}

@@ -26,6 +26,11 @@ func TestEnforcerRedirectsAnyTCP(t *testing.T) {
 				t.Logf("curl %s:%d: %v %s", dst.ip, dst.port, err, out)
 				e.waitAudit(t, sb, fmt.Sprintf("%s:%d", dst.ip, dst.port))
 			}
+			for _, l := range e.audit(t) {
+				if l.Sandbox != shortID(sb) || !strings.HasPrefix(l.Src, sb.IP.String()+":") {
+					t.Errorf("audit line not attributed to sandbox %s (%s): %+v", shortID(sb), sb.IP, l)
+				}
+			}
 			e.w.AssertNoLeaks(t)
 		})
 	}
@@ -139,11 +144,10 @@ func TestEnforcerNftTableDeleted(t *testing.T) {
 			// A stream of UDP and a TCP connection across the deletion: a
 			// leak while the table is missing would show here.
 			var sending sync.WaitGroup
-			sending.Go(func() { _, _ = py(sb, udpStream(world.EchoAddr.String(), 7, 2*time.Second)) })
+			stream := startUDPStream(t, sb, world.EchoAddr.String(), 7, 2*time.Second)
+			sending.Go(stream)
 			sending.Go(func() { _, _ = tcpConnect(sb, "", world.WebAddr.String(), 443, 1500*time.Millisecond) })
 			defer sending.Wait()
-			// Past the interpreters' start, into the stream.
-			time.Sleep(400 * time.Millisecond)
 			if out, err := e.w.ExecNode("nft", "delete", "table", "inet", "paddock"); err != nil {
 				t.Fatalf("nft delete table: %v: %s", err, out)
 			}
@@ -186,8 +190,10 @@ func TestEnforcerSurvivesKill9(t *testing.T) {
 			if out, err := run(sb, "ping", "-c1", "-W1", world.EchoAddr.String()); err == nil {
 				t.Errorf("ping answered with paddockd down: %s", out)
 			}
+			// Connections wait or fail; whatever the proxy's state, the
+			// leak detector below proves none went around it.
 			out, err := tcpConnect(sb, "", world.WebAddr.String(), 443, 2*time.Second)
-			t.Logf("TCP with paddockd down: %v %s", err, out)
+			t.Logf("TCP with paddockd down: %s (err %v)", lastLine(out), err != nil)
 			if l := e.w.WaitLeak(500 * time.Millisecond); len(l) > 0 {
 				t.Fatalf("leaked with paddockd down:\n  %s", strings.Join(l, "\n  "))
 			}
@@ -201,6 +207,7 @@ func TestEnforcerSurvivesKill9(t *testing.T) {
 			if err := sb.Check(); err != nil {
 				t.Errorf("CNI CHECK after restart: %v", err)
 			}
+			e.waitProxyFeed(t, 1)
 			list, err := e.d.Client().List(t.Context())
 			if err != nil || len(list) != 1 || list[0].Enforced != "ok" {
 				t.Errorf("after restart: %+v %v", list, err)

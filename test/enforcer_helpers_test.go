@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -84,14 +86,46 @@ func newEnforcerEnv(t *testing.T, mode string) *enfEnv {
 	return &enfEnv{mode: mode, w: w, d: d}
 }
 
-// sandbox attaches a sandbox through the real plugin.
+// sandbox attaches a sandbox through the real plugin and waits until the
+// proxy knows it.
 func (e *enfEnv) sandbox(t *testing.T, name string) *world.Sandbox {
 	t.Helper()
 	sb, err := e.w.AddSandbox(t, name, world.SandboxOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.waitProxyFeed(t, len(e.w.Sandboxes()))
 	return sb
+}
+
+// waitProxyFeed waits until the proxy's latest "sandboxes updated" log line
+// counts n. paddockd feeds the proxy after Register has answered, without
+// an acknowledgement: a connection in between is refused as coming from an
+// unknown sandbox (fail closed, but the first request of a fresh sandbox
+// fails), so tests that want an attributed audit line wait for the feed.
+func (e *enfEnv) waitProxyFeed(t *testing.T, n int) {
+	t.Helper()
+	last := func() int {
+		b, err := os.ReadFile(e.d.StderrFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		count := -1
+		for _, line := range strings.Split(string(b), "\n") {
+			var m struct {
+				Msg       string `json:"msg"`
+				Component string `json:"component"`
+				Count     int    `json:"count"`
+			}
+			if json.Unmarshal([]byte(line), &m) == nil && m.Msg == "sandboxes updated" && m.Component == "proxy" {
+				count = m.Count
+			}
+		}
+		return count
+	}
+	if !waitFor(dropWait, func() bool { return last() == n }) {
+		t.Fatalf("the proxy did not learn of %d sandboxes within %s (last count %d)", n, dropWait, last())
+	}
 }
 
 // shortID is the sandbox field logs carry for sb.
@@ -455,14 +489,46 @@ func registerBulk(t *testing.T, e *enfEnv, n int) {
 	}
 }
 
-// udpStream is a python3 program that sends a datagram to dst:port every
-// 2 ms for d.
-func udpStream(dst string, port int, d time.Duration) string {
-	return fmt.Sprintf(`import socket, time
+// startUDPStream starts sending a datagram to dst:port from sb every 2 ms
+// for d and returns once the first one is out; the returned func waits for
+// the end of the stream.
+func startUDPStream(t *testing.T, sb *world.Sandbox, dst string, port int, d time.Duration) func() {
+	t.Helper()
+	prog := fmt.Sprintf(`import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"paddock", (%q, %d))
+print("sending", flush=True)
 end = time.time() + %f
 while time.time() < end:
     s.sendto(b"paddock", (%q, %d))
     time.sleep(0.002)
-`, d.Seconds(), dst, port)
+`, dst, port, d.Seconds(), dst, port)
+	ctx, cancel := context.WithTimeout(context.Background(), d+15*time.Second)
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", sb.NSName, "python3", "-c", prog)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("udp stream in %s: %v", sb.Name, err)
+	}
+	wait := func() {
+		defer cancel()
+		_, _ = io.Copy(io.Discard, out)
+		_ = cmd.Wait()
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "sending\n" {
+		wait()
+		t.Fatalf("udp stream in %s did not start: %q %v", sb.Name, line, err)
+	}
+	return wait
+}
+
+// lastLine is the last non-empty line of out (a Python traceback's error).
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
 }
