@@ -64,6 +64,12 @@ func TestProxyRealClients(t *testing.T) {
 	if err != nil || !strings.Contains(out, "STATUS 200") || !strings.Contains(out, "hello from allowed.test") {
 		t.Fatalf("node fetch of allowed.test: %v\n%s", err, out)
 	}
+	// fetch ignores proxy variables, even one naming a dead proxy: only the
+	// transparent redirect brings it to paddock.
+	out, err = p.exec(t, 20*time.Second, "env", "NODE_EXTRA_CA_CERTS="+p.ca, "HTTPS_PROXY=http://192.0.2.99:1", "node", script, "https://allowed.test/")
+	if err != nil || !strings.Contains(out, "STATUS 200") {
+		t.Fatalf("node fetch with HTTPS_PROXY set: %v\n%s", err, out)
+	}
 
 	// The DNS guard does not resolve blocked.test, so a client that
 	// resolves for itself gets no address; one that has an address (or
@@ -396,14 +402,27 @@ func TestProxyDNSGuard(t *testing.T) {
 	if !strings.Contains(out, "status: NXDOMAIN") || !strings.Contains(out, "EDE: 15 (Blocked)") {
 		t.Fatalf("blocked.test: want NXDOMAIN with EDE 15 (Blocked)\n%s", out)
 	}
+	const tunnel = "bWFkZSBieSBhbiBhZ2VudCBleGZpbHRyYXRpbmc" // base64 data as a label, as DNS tunnels send
 	for _, q := range [][]string{
 		{"allowed.test", "TXT"},
-		{"bWFkZSBieSBhbiBhZ2VudCBleGZpbHRyYXRpbmc.allowed.test", "TXT"},
-		{"bWFkZSBieSBhbiBhZ2VudCBleGZpbHRyYXRpbmc.blocked.test", "TXT"},
+		{tunnel + ".allowed.test", "TXT"},
+		{tunnel + ".blocked.test", "TXT"},
 	} {
 		out := dig(q...)
 		if !strings.Contains(out, "status: REFUSED") || strings.Contains(out, "paddock test world") {
 			t.Fatalf("dig %v: want REFUSED\n%s", q, out)
+		}
+	}
+	// As A queries, data labels under a name the policy allows exactly are
+	// names the policy does not name.
+	if out := dig(tunnel+".allowed.test", "A"); !strings.Contains(out, "status: NXDOMAIN") {
+		t.Fatalf("A query with a data label: want NXDOMAIN\n%s", out)
+	}
+	// Nothing the guard refused or blocked was asked upstream: the tunnel
+	// carried no byte out.
+	for _, q := range p.w.DNSQueries() {
+		if strings.Contains(q, strings.ToLower(tunnel)) || strings.Contains(q, "blocked.test") {
+			t.Fatalf("the world's DNS server was asked %q", q)
 		}
 	}
 	p.waitAudit(t, "blocked DNS question", func(r proxy.AuditRecord) bool {
@@ -477,6 +496,9 @@ func TestProxyUnprivilegedAndRestarted(t *testing.T) {
 		if u == 0 {
 			t.Fatalf("paddock-proxy %d runs with uid 0: Uid %v", pid, uids)
 		}
+	}
+	if caps := procField(t, pid, "CapEff"); strings.Trim(caps, "0") != "" {
+		t.Fatalf("paddock-proxy %d has effective capabilities %s", pid, caps)
 	}
 	t.Logf("paddock-proxy pid %d, uids %v", pid, uids)
 	if out, err := p.curl(t, "https://allowed.test/"); err != nil || !strings.Contains(out, "hello from allowed.test") {

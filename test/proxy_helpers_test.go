@@ -180,25 +180,34 @@ func (p *proxyWorld) waitProxyPid(t *testing.T, old int, timeout time.Duration) 
 // procUIDs returns the real, effective, saved and filesystem uids of pid.
 func procUIDs(t *testing.T, pid int) []int {
 	t.Helper()
+	var uids []int
+	for _, f := range strings.Fields(procField(t, pid, "Uid")) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("Uid of %d: %q: %v", pid, f, err)
+		}
+		uids = append(uids, n)
+	}
+	if len(uids) != 4 {
+		t.Fatalf("Uid of %d: %v, want 4 ids", pid, uids)
+	}
+	return uids
+}
+
+// procField returns the value of one line of /proc/PID/status ("CapEff").
+func procField(t *testing.T, pid int, key string) string {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatalf("proxy status: %v", err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
-			var uids []int
-			for _, f := range strings.Fields(rest) {
-				n, err := strconv.Atoi(f)
-				if err != nil {
-					t.Fatalf("Uid line %q: %v", line, err)
-				}
-				uids = append(uids, n)
-			}
-			return uids
+		if rest, ok := strings.CutPrefix(line, key+":"); ok {
+			return strings.TrimSpace(rest)
 		}
 	}
-	t.Fatalf("/proc/%d/status has no Uid line", pid)
-	return nil
+	t.Fatalf("/proc/%d/status has no %s line", pid, key)
+	return ""
 }
 
 // secretDir makes a directory the proxy user (nobody) can read and writes
