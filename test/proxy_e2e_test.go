@@ -29,6 +29,22 @@ fetch(url).then(async (r) => {
 });
 `
 
+// nodeFetchTwice fetches its URL twice, 3 s apart, on one kept-alive
+// connection, printing each status.
+const nodeFetchTwice = `const url = process.argv[2];
+(async () => {
+  for (let i = 0; i < 2; i++) {
+    if (i > 0) await new Promise((r) => setTimeout(r, 3000));
+    const r = await fetch(url);
+    await r.text();
+    console.log("STATUS " + r.status);
+  }
+})().catch((e) => {
+  console.log("ERROR " + (e.cause && (e.cause.code || e.cause.message) || e.message));
+  process.exit(3);
+});
+`
+
 // statusLine matches the status line curl -i prints, over HTTP/1.1 or 2.
 func statusLine(out string, code int) bool {
 	return regexp.MustCompile(fmt.Sprintf(`(?m)^HTTP/[0-9.]+ %d `, code)).MatchString(out)
@@ -349,6 +365,12 @@ egress:
 			return r.Decision == "deny" && r.Host == name && r.Status == 403
 		})
 	}
+	// Without --resolve the guard hands the sandbox the internal address
+	// itself; the connection to it is still redirected to the proxy.
+	out, err = p.curl(t, "-i", "https://metadata.test/latest/meta-data/")
+	if err != nil || !statusLine(out, 403) || !strings.Contains(out, "internal address") {
+		t.Fatalf("metadata.test at its own address: want 403, got %v\n%s", err, out)
+	}
 	// The same through the explicit proxy, where the proxy resolves.
 	out, err = p.exec(t, 15*time.Second, "env", "HTTPS_PROXY="+p.explicitProxy(),
 		"curl", "-sS", "-m", "10", "-i", "--cacert", p.ca, "https://loopback.test/")
@@ -447,6 +469,17 @@ func TestProxyPolicyEditLive(t *testing.T) {
 			"-w", "%{http_code} %{size_download}", fmt.Sprintf("https://allowed.test/slow?seconds=4&n=%d", n))
 		done <- result{out, err}
 	}()
+	// Node's fetch keeps its connection: its second request, after the
+	// edit, travels on the connection the old policy allowed.
+	script := filepath.Join(t.TempDir(), "twice.js")
+	if err := os.WriteFile(script, []byte(nodeFetchTwice), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nodeDone := make(chan result, 1)
+	go func() {
+		out, err := p.exec(t, 20*time.Second, "env", "NODE_EXTRA_CA_CERTS="+p.ca, "node", script, "https://allowed.test/")
+		nodeDone <- result{out, err}
+	}()
 	// Let the download get going before the edit; it lasts 4 s.
 	time.Sleep(1500 * time.Millisecond)
 	select {
@@ -482,6 +515,20 @@ func TestProxyPolicyEditLive(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("download did not finish")
 	}
+	select {
+	case r := <-nodeDone:
+		if r.err != nil || !strings.Contains(r.out, "STATUS 200\nSTATUS 403") {
+			t.Fatalf("node fetch before and after the edit: want 200 then 403, got %v\n%s", r.err, r.out)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("node did not finish")
+	}
+	first := p.waitAudit(t, "node's first request", func(r proxy.AuditRecord) bool {
+		return r.Host == "allowed.test" && r.Path == "/" && r.Decision == "allow"
+	})
+	p.waitAudit(t, "node's second request on the same connection", func(r proxy.AuditRecord) bool {
+		return r.Src == first.Src && r.Path == "/" && r.Decision == "deny" && r.Status == 403
+	})
 	p.w.AssertNoLeaks(t)
 }
 
