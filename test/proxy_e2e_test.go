@@ -160,6 +160,38 @@ func TestProxyRealClients(t *testing.T) {
 	p.w.AssertNoLeaks(t)
 }
 
+// TestProxyNftablesRedirect: with the TPROXY fallback instead of BPF,
+// curl and Node's fetch reach the proxy the same way, DNS goes to the
+// guard, and nothing leaks.
+func TestProxyNftablesRedirect(t *testing.T) {
+	p := newProxyWorldWith(t, []string{"--redirect", "nftables"}, "dns: allowlist\negress:\n  - domains: [allowed.test]\n")
+	if st, err := p.d.WaitReady(5 * time.Second); err != nil || st.Redirect != "nftables" {
+		t.Fatalf("paddockd redirect mode %q (%v), want nftables", st.Redirect, err)
+	}
+	if out, err := p.curl(t, "https://allowed.test/"); err != nil || !strings.Contains(out, "hello from allowed.test") {
+		t.Fatalf("curl to allowed.test: %v\n%s", err, out)
+	}
+	script := filepath.Join(t.TempDir(), "fetch.js")
+	if err := os.WriteFile(script, []byte(nodeFetch), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := p.exec(t, 20*time.Second, "env", "NODE_EXTRA_CA_CERTS="+p.ca, "node", script, "https://allowed.test/"); err != nil || !strings.Contains(out, "STATUS 200") {
+		t.Fatalf("node fetch of allowed.test: %v\n%s", err, out)
+	}
+	out, err := p.curl(t, "-i", "--resolve", "blocked.test:443:"+world.WebAddr.String(), "https://blocked.test/")
+	if err != nil || !statusLine(out, 403) || !strings.Contains(out, "paddock: request to blocked.test denied") {
+		t.Fatalf("curl to blocked.test: want the proxy's 403, got %v\n%s", err, out)
+	}
+	out, err = p.exec(t, 10*time.Second, "dig", "+time=3", "+tries=1", "blocked.test")
+	if err != nil || !strings.Contains(out, "status: NXDOMAIN") || !strings.Contains(out, "EDE: 15 (Blocked)") {
+		t.Fatalf("dig blocked.test: want NXDOMAIN with EDE 15, got %v\n%s", err, out)
+	}
+	p.waitAudit(t, "blocked.test denied", func(r proxy.AuditRecord) bool {
+		return r.Decision == "deny" && r.SNI == "blocked.test" && r.Status == 403
+	})
+	p.w.AssertNoLeaks(t)
+}
+
 // TestProxyPassthrough: a passthrough rule splices the upstream's TLS: the
 // client sees the upstream's own certificate (world CA), not paddock's.
 func TestProxyPassthrough(t *testing.T) {

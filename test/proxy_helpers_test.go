@@ -36,7 +36,14 @@ type proxyWorld struct {
 
 // newProxyWorld builds the world, writes policy as "default", starts
 // paddockd and waits for it to report Ready, then attaches sandbox "agent".
+// dnsNames are added to the world's DNS at the web server's address.
 func newProxyWorld(t *testing.T, policy string, dnsNames ...string) *proxyWorld {
+	t.Helper()
+	return newProxyWorldWith(t, nil, policy, dnsNames...)
+}
+
+// newProxyWorldWith is newProxyWorld with extra paddockd flags.
+func newProxyWorldWith(t *testing.T, daemonFlags []string, policy string, dnsNames ...string) *proxyWorld {
 	t.Helper()
 	w := world.New(t, world.Options{})
 	for _, name := range dnsNames {
@@ -47,7 +54,7 @@ func newProxyWorld(t *testing.T, policy string, dnsNames ...string) *proxyWorld 
 	if err := w.WritePolicy("default", policy); err != nil {
 		t.Fatal(err)
 	}
-	d := w.StartDaemon(t)
+	d := w.StartDaemon(t, daemonFlags...)
 	if st, err := d.WaitReady(15 * time.Second); err != nil {
 		t.Fatalf("paddockd not ready: %v (components %v)", err, st.Components)
 	}
