@@ -566,9 +566,16 @@ func TestProxyPolicyEditLive(t *testing.T) {
 
 // TestProxyUnprivilegedAndRestarted: the proxy runs as a non-root user;
 // killing it fails closed (nothing leaks while it is down) and paddockd
-// starts a new one that serves again.
+// starts a new one that serves again, in both redirect modes (TPROXY
+// forwards what finds no socket, so the nftables mode matters most here).
 func TestProxyUnprivilegedAndRestarted(t *testing.T) {
-	p := newProxyWorld(t, "dns: allowlist\negress:\n  - domains: [allowed.test]\n")
+	for _, mode := range []string{"bpf", "nftables"} {
+		t.Run(mode, func(t *testing.T) { proxyKillAndRestart(t, mode) })
+	}
+}
+
+func proxyKillAndRestart(t *testing.T, mode string) {
+	p := newProxyWorldWith(t, []string{"--redirect", mode}, "dns: allowlist\negress:\n  - domains: [allowed.test]\n")
 	pid := p.waitProxyPid(t, 0, 5*time.Second)
 	uids := procUIDs(t, pid)
 	for _, u := range uids {
