@@ -28,9 +28,16 @@ func redirectRule() *netlink.Rule {
 	return r
 }
 
-func blackholeRule() *netlink.Rule {
+func blackholeRule() *netlink.Rule { return blackholeRuleFamily(unix.AF_INET) }
+
+// blackholeRule6 matters as much as the IPv4 one: the tcx program
+// deny-marks every IPv6 packet, and without this rule they would be
+// forwarded whenever the nftables table is gone.
+func blackholeRule6() *netlink.Rule { return blackholeRuleFamily(unix.AF_INET6) }
+
+func blackholeRuleFamily(family int) *netlink.Rule {
 	r := netlink.NewRule()
-	r.Family = unix.AF_INET
+	r.Family = family
 	r.Priority = blackholePriority
 	r.Mark = MarkDenyBase
 	mask := MarkDenyMask
@@ -61,7 +68,7 @@ func sameRule(a netlink.Rule, b *netlink.Rule) bool {
 }
 
 func ruleMissing(want *netlink.Rule) (bool, error) {
-	rules, err := netlink.RuleList(unix.AF_INET)
+	rules, err := netlink.RuleList(want.Family)
 	if err != nil {
 		return false, fmt.Errorf("list ip rules: %w", err)
 	}
@@ -100,7 +107,7 @@ func ensureRoutes() error {
 			return fmt.Errorf("add local 0.0.0.0/0 dev lo table %d: %w", RouteTable, err)
 		}
 	}
-	for _, r := range []*netlink.Rule{redirectRule(), blackholeRule()} {
+	for _, r := range []*netlink.Rule{redirectRule(), blackholeRule(), blackholeRule6()} {
 		missing, err := ruleMissing(r)
 		if err != nil {
 			return err
@@ -125,7 +132,7 @@ func checkRoutes() error {
 	} else if missing {
 		return fmt.Errorf("route local 0.0.0.0/0 dev lo table %d is missing", RouteTable)
 	}
-	for _, r := range []*netlink.Rule{redirectRule(), blackholeRule()} {
+	for _, r := range []*netlink.Rule{redirectRule(), blackholeRule(), blackholeRule6()} {
 		missing, err := ruleMissing(r)
 		if err != nil {
 			return err
@@ -139,7 +146,11 @@ func checkRoutes() error {
 
 func describeRule(r *netlink.Rule) string {
 	if r.Type == unix.RTN_BLACKHOLE {
-		return fmt.Sprintf("pref %d fwmark %#x/%#x blackhole", r.Priority, r.Mark, *r.Mask)
+		family := ""
+		if r.Family == unix.AF_INET6 {
+			family = "-6 "
+		}
+		return fmt.Sprintf("%spref %d fwmark %#x/%#x blackhole", family, r.Priority, r.Mark, *r.Mask)
 	}
 	return fmt.Sprintf("pref %d fwmark %#x lookup %d", r.Priority, r.Mark, r.Table)
 }

@@ -494,15 +494,19 @@ func registerBulk(t *testing.T, e *enfEnv, n int) {
 // the end of the stream.
 func startUDPStream(t *testing.T, sb *world.Sandbox, dst string, port int, d time.Duration) func() {
 	t.Helper()
-	prog := fmt.Sprintf(`import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+	fam := "AF_INET"
+	if strings.Contains(dst, ":") {
+		fam = "AF_INET6"
+	}
+	prog := fmt.Sprintf(`import socket, time
+s = socket.socket(socket.%s, socket.SOCK_DGRAM)
 s.sendto(b"paddock", (%q, %d))
 print("sending", flush=True)
 end = time.time() + %f
 while time.time() < end:
     s.sendto(b"paddock", (%q, %d))
     time.sleep(0.002)
-`, dst, port, d.Seconds(), dst, port)
+`, fam, dst, port, d.Seconds(), dst, port)
 	ctx, cancel := context.WithTimeout(context.Background(), d+15*time.Second)
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", sb.NSName, "python3", "-c", prog)
 	out, err := cmd.StdoutPipe()
