@@ -347,6 +347,11 @@ egress:
 	if err != nil || !statusLine(out, 403) {
 		t.Fatalf("GET /bytes: want 403, got %v\n%s", err, out)
 	}
+	// Dot segments cannot walk out of the allowed path.
+	out, err = p.curl(t, "-i", "--path-as-is", "https://readonly.test/echo/../bytes?n=10")
+	if err != nil || !statusLine(out, 403) || !strings.Contains(out, "not canonical") {
+		t.Fatalf("GET /echo/../bytes: want 403, got %v\n%s", err, out)
+	}
 	p.waitAudit(t, "denied POST", func(r proxy.AuditRecord) bool {
 		return r.Decision == "deny" && r.Method == "POST" && r.Path == "/echo" && r.Status == 403
 	})
