@@ -172,7 +172,9 @@ func (g *DNSGuard) ServeUDP(ctx context.Context, conn *net.UDPConn) error {
 		}
 		req := new(dns.Msg)
 		if err := req.Unpack(buf[:n]); err != nil {
-			g.refuseUnparsable(conn, buf[:n], src, dst, err)
+			// Off the read loop: looking up the source may wait for the
+			// sandbox list, and buf is reused by the next read.
+			go g.refuseUnparsable(conn, append([]byte(nil), buf[:n]...), src, dst, err)
 			continue
 		}
 		go func(req *dns.Msg, src, dst netip.AddrPort) {

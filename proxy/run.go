@@ -61,11 +61,17 @@ type sandboxes struct {
 	v       atomic.Pointer[sandboxTable]
 	mu      sync.Mutex
 	changed chan struct{} // closed by the next set
+	waiters chan struct{} // one slot per lookupSoon waiting
 }
 
 // feedGrace bounds how long a connection or query from an unknown source
-// waits for the sandbox list to name it.
-const feedGrace = 2 * time.Second
+// waits for the sandbox list to name it; maxFeedWaiters bounds how many
+// wait, so that a flood from unknown sources (node-local processes can
+// reach the listeners) costs no more than it did before.
+const (
+	feedGrace      = 2 * time.Second
+	maxFeedWaiters = 256
+)
 
 func (s *sandboxes) set(list []api.Sandbox) {
 	t := &sandboxTable{byIP: map[netip.Addr]api.Sandbox{}}
@@ -95,6 +101,21 @@ func (s *sandboxes) set(list []api.Sandbox) {
 // its first list. Those wait for the list (up to feedGrace) instead of being
 // refused as unknown.
 func (s *sandboxes) lookupSoon(a netip.Addr) (api.Sandbox, bool) {
+	if sb, ok := s.lookup(a); ok {
+		return sb, true
+	}
+	s.mu.Lock()
+	if s.waiters == nil {
+		s.waiters = make(chan struct{}, maxFeedWaiters)
+	}
+	waiters := s.waiters
+	s.mu.Unlock()
+	select {
+	case waiters <- struct{}{}:
+		defer func() { <-waiters }()
+	default:
+		return api.Sandbox{}, false
+	}
 	deadline := time.NewTimer(feedGrace)
 	defer deadline.Stop()
 	for {

@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -71,5 +73,35 @@ func TestRunWaitsForFeed(t *testing.T) {
 				t.Fatalf("want the policy's 403, got %q", b)
 			}
 		})
+	}
+}
+
+// TestLookupSoonBounded: sources the list never names wait at most
+// feedGrace, and beyond maxFeedWaiters of them are refused at once.
+func TestLookupSoonBounded(t *testing.T) {
+	var sbs sandboxes
+	sbs.set(nil)
+	unknown := netip.MustParseAddr("192.0.2.1")
+	var wg sync.WaitGroup
+	for range maxFeedWaiters {
+		wg.Go(func() { sbs.lookupSoon(unknown) })
+	}
+	// Once every slot is taken, one more lookup does not wait.
+	waiting := func() int {
+		sbs.mu.Lock()
+		defer sbs.mu.Unlock()
+		return len(sbs.waiters)
+	}
+	deadline := time.Now().Add(time.Second)
+	for waiting() < maxFeedWaiters && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	if _, ok := sbs.lookupSoon(unknown); ok || time.Since(start) > feedGrace/2 {
+		t.Fatalf("lookup beyond the waiters: ok=%v after %s, want refused at once", ok, time.Since(start))
+	}
+	wg.Wait()
+	if waited := time.Since(start); waited > feedGrace+time.Second {
+		t.Fatalf("waiters took %s, want about %s", waited, feedGrace)
 	}
 }
