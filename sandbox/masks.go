@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -16,21 +17,18 @@ var DefaultMasks = []string{
 	"*-service-account.json", "*.pem", "*.key", ".ssh/",
 }
 
-// Scan bounds: a huge tree must not stall startup; what lies deeper or
-// beyond the count is reported in --verbose.
-const (
-	maskMaxDepth   = 8
-	maskMaxEntries = 50000
-)
+// maskMaxEntries bounds the scan of one bound directory (outside
+// skipDirs), so that a huge tree cannot stall startup. A tree beyond it is
+// refused rather than bound with secrets left unexamined.
+const maskMaxEntries = 100000
 
 // skipDirs are not descended: large and not where secrets live.
 var skipDirs = map[string]bool{"node_modules": true, ".git": true, "__pycache__": true, ".venv": true}
 
 // maskSet is what to hide, as paths inside the sandbox.
 type maskSet struct {
-	Files     []string
-	Dirs      []string
-	Truncated bool
+	Files []string
+	Dirs  []string
 }
 
 type pattern struct {
@@ -61,11 +59,12 @@ func (p pattern) match(rel []string, isDir bool) bool {
 
 // scanMasks walks src (bound at dst) and lists what matches; rel paths are
 // taken from prefix (the mount's path inside the sandbox) so that
-// ".config/gcloud/" matches in a home directory mounted at its root.
-func scanMasks(src, dst string, pats []pattern, out *maskSet) {
+// ".config/gcloud/" matches in a home directory mounted at its root. Every
+// depth is examined: a secret nested deep is still a secret.
+func scanMasks(src, dst string, pats []pattern, out *maskSet) error {
 	base := strings.Split(strings.Trim(dst, "/"), "/")
 	n := 0
-	_ = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if d != nil && d.IsDir() {
 				return fs.SkipDir
@@ -77,8 +76,7 @@ func scanMasks(src, dst string, pats []pattern, out *maskSet) {
 		}
 		n++
 		if n > maskMaxEntries {
-			out.Truncated = true
-			return fs.SkipAll
+			return fmt.Errorf("%s holds more than %d entries (outside node_modules, .git, .venv, __pycache__) to look through for secrets: bind a smaller directory", src, maskMaxEntries)
 		}
 		r, _ := filepath.Rel(src, p)
 		relParts := strings.Split(r, string(os.PathSeparator))
@@ -103,14 +101,10 @@ func scanMasks(src, dst string, pats []pattern, out *maskSet) {
 				return nil
 			}
 		}
-		if isDir {
-			if skipDirs[d.Name()] || len(relParts) >= maskMaxDepth {
-				if len(relParts) >= maskMaxDepth {
-					out.Truncated = true
-				}
-				return fs.SkipDir
-			}
+		if isDir && skipDirs[d.Name()] {
+			return fs.SkipDir
 		}
 		return nil
 	})
+	return err
 }

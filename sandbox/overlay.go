@@ -104,6 +104,10 @@ func Changes(stateDir string, r *Record) ([]Change, error) {
 		case fi.IsDir():
 			if lerr != nil {
 				out = append(out, Change{Path: rel, Kind: Added, Dir: true})
+			} else if !lfi.IsDir() {
+				// A directory replaced a file or a symlink, whose target
+				// is not the workspace's to list.
+				out = append(out, Change{Path: rel, Kind: Modified, Dir: true})
 			} else if isOpaque(p) {
 				// The directory was replaced: what it held below is gone.
 				ents, _ := os.ReadDir(lower)
@@ -194,6 +198,9 @@ func Apply(stateDir string, r *Record) error {
 	for _, c := range changes {
 		dst := filepath.Join(r.Workspace, c.Path)
 		src := filepath.Join(upper, c.Path)
+		if err := realParents(r.Workspace, c.Path); err != nil {
+			return fmt.Errorf("apply %s: %w", c.Path, err)
+		}
 		switch {
 		case c.Kind == Deleted:
 			if err := os.RemoveAll(dst); err != nil {
@@ -206,6 +213,29 @@ func Apply(stateDir string, r *Record) error {
 		}
 	}
 	return Discard(stateDir, r)
+}
+
+// realParents refuses a change below a symlink or file of the workspace:
+// root applies the changes, and a link (from the repository or planted by
+// an earlier run) would carry its writes and removals out of the workspace.
+// A directory of the layer that replaced such an entry is applied before
+// what it holds, so legitimate changes find real directories.
+func realParents(ws, rel string) error {
+	p := ws
+	for _, part := range strings.Split(filepath.Dir(rel), string(os.PathSeparator)) {
+		if part == "." {
+			break
+		}
+		p = filepath.Join(p, part)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory (%s): not writing through it", p, fi.Mode().Type())
+		}
+	}
+	return nil
 }
 
 func copyEntry(src, dst string) error {
@@ -227,6 +257,11 @@ func copyEntry(src, dst string) error {
 	case isWhiteout(fi):
 		return os.RemoveAll(dst)
 	case fi.IsDir():
+		if old, err := os.Lstat(dst); err == nil && !old.IsDir() {
+			if err := os.Remove(dst); err != nil {
+				return err
+			}
+		}
 		if err := os.Mkdir(dst, fi.Mode().Perm()); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
@@ -245,8 +280,13 @@ func copyEntry(src, dst string) error {
 			return err
 		}
 		defer in.Close()
+		// A fresh file: whatever sits at the temporary name (a symlink
+		// planted in the workspace) is replaced, never followed.
 		tmp := dst + ".paddock-apply"
-		out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, fi.Mode().Perm())
+		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		out, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, fi.Mode().Perm())
 		if err != nil {
 			return err
 		}

@@ -299,7 +299,9 @@ func buildSpec(o *Options, runDir string, filter *SeccompFilter) (*initSpec, err
 		}
 		s.Binds = append(s.Binds, b)
 		if !b.File {
-			scanMasks(m.Source, m.Dest, pats, &s.Masks)
+			if err := scanMasks(m.Source, m.Dest, pats, &s.Masks); err != nil {
+				return nil, fmt.Errorf("mask secrets: %w", err)
+			}
 		} else if matchesAny(pats, m.Dest) {
 			s.Masks.Files = append(s.Masks.Files, m.Dest)
 		}

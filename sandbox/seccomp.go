@@ -3,6 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"os"
+	"runtime"
 
 	"github.com/elastic/go-seccomp-bpf/arch"
 	"github.com/moby/profiles/seccomp"
@@ -176,6 +177,28 @@ func compileProfile(prof *specs.LinuxSeccomp, info *arch.Info) ([]bpf.Instructio
 			{{arg: 1, op: specs.OpMaskedEqual, mask: 0xf, value: unix.SOCK_PACKET}},
 		}})
 	}
+	if nr, ok := num("clone"); ok {
+		// New namespaces, a new user namespace above all (its full
+		// capability set reaches nf_tables and other kernel code written
+		// for root), whatever a custom profile allows. s390 swaps the
+		// first two arguments.
+		arg := uint(0)
+		if runtime.GOARCH == "s390x" {
+			arg = 1
+		}
+		var alts [][]cond
+		for _, f := range []uint64{unix.CLONE_NEWNS, unix.CLONE_NEWUTS, unix.CLONE_NEWIPC, unix.CLONE_NEWUSER,
+			unix.CLONE_NEWPID, unix.CLONE_NEWNET, unix.CLONE_NEWCGROUP} {
+			alts = append(alts, []cond{{arg: arg, op: specs.OpMaskedEqual, mask: f, value: f}})
+		}
+		rules = append(rules, rule{nr: nr, action: eperm, alts: alts})
+	}
+	if nr, ok := num("clone3"); ok {
+		// clone3 passes its flags in memory a filter cannot read: ENOSYS
+		// makes libc and Go fall back to clone, filtered above.
+		rules = append(rules, rule{nr: nr, action: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)})
+		denied[nr] = true
+	}
 	if nr, ok := num("ioctl"); ok {
 		// Typing into the terminal the sandbox shares with the user's shell.
 		rules = append(rules, rule{nr: nr, action: eperm, alts: [][]cond{
@@ -289,15 +312,21 @@ func check(c cond) []pending {
 // per run of equal actions; a conditional rule is a block skipped when
 // the number differs, whose failed alternatives end by reloading it.
 func emit(rules []rule, def uint32, info *arch.Info) ([]bpf.Instruction, error) {
+	// Another ABI (ia32 through int $0x80 on x86_64, x32) has its own
+	// syscall numbers, which none of the rules names: the process is
+	// killed whatever the profile's default, as libseccomp does, or a
+	// profile defaulting to allow would leave every denial open there.
+	const badArch = unix.SECCOMP_RET_KILL_PROCESS
 	prog := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: offArch, Size: 4},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(info.ID), SkipTrue: 1},
-		bpf.RetConstant{Val: def},
+		bpf.RetConstant{Val: badArch},
 		bpf.LoadAbsolute{Off: offNr, Size: 4},
 	}
-	if info.SeccompMask != 0 {
-		// The x32 ABI would be a second syscall table behind the same arch.
-		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: uint32(info.SeccompMask), SkipFalse: 1}, bpf.RetConstant{Val: def})
+	if info.ID == arch.X86_64.ID {
+		// x32 is a second syscall table behind the same arch, its numbers
+		// marked by bit 30 (arch.X32's mask).
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: uint32(arch.X32.SeccompMask), SkipFalse: 1}, bpf.RetConstant{Val: badArch})
 	}
 	const chunk = 200
 	for i := 0; i < len(rules); {
