@@ -192,6 +192,7 @@ func (d *Datapath) Detach(_ context.Context, sb api.Sandbox) error {
 	if err := d.fw.RemoveSandbox(sb); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
 	}
+	errs = append(errs, allowForwarding(sb.HostVeth))
 	return errors.Join(errs...)
 }
 

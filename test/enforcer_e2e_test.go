@@ -141,19 +141,13 @@ func TestEnforcerNftTableDeleted(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			e := newEnforcerEnv(t, mode)
 			sb := e.sandbox(t, "agent")
-			// A stream of UDP and a TCP connection across the deletion: a
-			// leak while the table is missing would show here.
+			// Streams of UDP over IPv4 and IPv6 and a TCP connection across
+			// the deletion: a leak while the table is missing shows here.
 			var sending sync.WaitGroup
 			defer sending.Wait()
 			sending.Go(startUDPStream(t, sb, world.EchoAddr.String(), 7, 2*time.Second))
-			// IPv6 only in bpf mode: there the tcx program deny-marks it and
-			// an IPv6 blackhole rule keeps it from being forwarded. nftables
-			// mode has nothing outside the table that stops IPv6 (per-veth
-			// IPv6 forwarding is not a thing), so it would leak here.
-			if mode == "bpf" {
-				giveIPv6(t, e.w, sb)
-				sending.Go(startUDPStream(t, sb, "2001:db8::7", 7, 2*time.Second))
-			}
+			giveIPv6(t, e.w, sb)
+			sending.Go(startUDPStream(t, sb, "2001:db8::7", 7, 2*time.Second))
 			sending.Go(func() { _, _ = tcpConnect(sb, "", world.WebAddr.String(), 443, 1500*time.Millisecond) })
 			if out, err := e.w.ExecNode("nft", "delete", "table", "inet", "paddock"); err != nil {
 				t.Fatalf("nft delete table: %v: %s", err, out)
@@ -301,6 +295,32 @@ func TestEnforcerRuleCountFlat(t *testing.T) {
 			}
 			e.expectDropOnce(t, sb, world.EchoAddr.String(), "udp")
 			e.w.AssertNoLeaks(t)
+		})
+	}
+}
+
+// TestEnforcerClosesForwarding: a sandbox's host veth forwards nothing,
+// with or without paddock's table (IPv4 forwarding off, IPv6 blackholed),
+// and DEL takes the IPv6 rule away again.
+func TestEnforcerClosesForwarding(t *testing.T) {
+	for _, mode := range redirectModes {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnforcerEnv(t, mode)
+			sb := e.sandbox(t, "agent")
+			out, err := e.w.ExecNode("sysctl", "-n", "net.ipv4.conf."+sb.HostVeth+".forwarding")
+			if err != nil || strings.TrimSpace(string(out)) != "0" {
+				t.Errorf("ipv4 forwarding on %s = %q (%v), want 0", sb.HostVeth, out, err)
+			}
+			rule := "iif " + sb.HostVeth + " blackhole"
+			if out, err := e.w.ExecNode("ip", "-6", "rule"); err != nil || !strings.Contains(string(out), rule) {
+				t.Errorf("ip -6 rule lacks %q: %s %v", rule, out, err)
+			}
+			if err := sb.Del(); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := e.w.ExecNode("ip", "-6", "rule"); err != nil || strings.Contains(string(out), sb.HostVeth) {
+				t.Errorf("ip -6 rule after DEL still names %s: %s %v", sb.HostVeth, out, err)
+			}
 		})
 	}
 }
