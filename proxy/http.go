@@ -102,6 +102,11 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, c *httpCon
 		deny(v.Policy, v.RuleID(), v.Reason)
 		return
 	}
+	if len(v.Rule.Inject) > 0 && !c.tls {
+		// The upstream leg would carry the credential in clear text.
+		deny(v.Policy, v.RuleID(), "this rule injects credentials, which are only sent over TLS: use https://")
+		return
+	}
 	headers := map[string]string{}
 	var secrets []string
 	for _, inj := range v.Rule.Inject {

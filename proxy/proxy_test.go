@@ -323,7 +323,7 @@ egress:
     tls: passthrough
     allowPrivate: true
   - domains: [secret.test]
-    ports: [{TLS}]
+    ports: [{TLS}, {HTTP}]
     allowPrivate: true
     inject: [{header: x-api-key, secretEnv: PADDOCK_TEST_SECRET}]
   - domains: [nosecret.test]
@@ -425,6 +425,20 @@ func TestInjectAndRedact(t *testing.T) {
 	raw, _ := json.Marshal(w.audit.records(t))
 	if bytes.Contains(raw, []byte("s3cr3t")) {
 		t.Fatal("secret in audit log")
+	}
+}
+
+func TestNoInjectionOverPlainHTTP(t *testing.T) {
+	t.Setenv("PADDOCK_TEST_SECRET", "s3cr3t-value-123")
+	w := newWorld(t, basePolicy)
+	code, body, _ := w.get(w.client(false, nil), "GET", "http://secret.test:{HTTP}/", nil)
+	if code != 403 || !strings.Contains(body, "only sent over TLS") {
+		t.Fatalf("got %d %q", code, body)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.lastReq != nil {
+		t.Fatal("a request with a credential rule reached the upstream over plain HTTP")
 	}
 }
 

@@ -23,7 +23,8 @@
 //	      paths: ["/org/*"]    # "*" matches any run of characters, "/" included;
 //	                           # default: any path
 //	    inject:               # headers set on every request this rule allows;
-//	                          # a value the sandbox sent for the header is replaced
+//	                          # a value the sandbox sent for the header is replaced;
+//	                          # only over TLS: plain HTTP under this rule gets 403
 //	      - header: Authorization
 //	        value: "Bearer {secret}"   # default "{secret}"
 //	        secretFile: /etc/paddock/secrets/token  # read on every request (rotation
