@@ -231,6 +231,9 @@ func (d *Datapath) Reconcile(_ context.Context, sbs []api.Sandbox) error {
 	if err := ensureRoutes(); err != nil {
 		errs = append(errs, fmt.Errorf("policy routing: %w", err))
 	}
+	for _, sb := range valid {
+		errs = append(errs, noForwarding(sb.HostVeth))
+	}
 	if err := d.fw.Sync(valid); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
 	}

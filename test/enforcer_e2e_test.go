@@ -199,6 +199,14 @@ func TestEnforcerSurvivesKill9(t *testing.T) {
 				t.Fatalf("leaked with paddockd down:\n  %s", strings.Join(l, "\n  "))
 			}
 
+			// What an older paddockd did not set up, the restart does.
+			fwd := "net.ipv4.conf." + sb.HostVeth + ".forwarding"
+			if out, err := e.w.ExecNode("sysctl", "-qw", fwd+"=1"); err != nil {
+				t.Fatalf("sysctl %s: %v: %s", fwd, err, out)
+			}
+			if out, err := e.w.ExecNode("ip", "-6", "rule", "del", "iif", sb.HostVeth, "blackhole"); err != nil {
+				t.Fatalf("ip -6 rule del: %v: %s", err, out)
+			}
 			if err := e.d.Restart(); err != nil {
 				t.Fatal(err)
 			}
@@ -209,6 +217,12 @@ func TestEnforcerSurvivesKill9(t *testing.T) {
 				t.Errorf("CNI CHECK after restart: %v", err)
 			}
 			e.waitProxyFeed(t, 1)
+			if out, err := e.w.ExecNode("sysctl", "-n", fwd); err != nil || strings.TrimSpace(string(out)) != "0" {
+				t.Errorf("after restart %s = %q (%v), want 0", fwd, out, err)
+			}
+			if out, err := e.w.ExecNode("ip", "-6", "rule"); err != nil || !strings.Contains(string(out), "iif "+sb.HostVeth+" blackhole") {
+				t.Errorf("after restart ip -6 rule lacks the veth's blackhole: %s %v", out, err)
+			}
 			list, err := e.d.Client().List(t.Context())
 			if err != nil || len(list) != 1 || list[0].Enforced != "ok" {
 				t.Errorf("after restart: %+v %v", list, err)
