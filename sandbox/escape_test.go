@@ -609,3 +609,43 @@ func TestEscapeOverlayApply(t *testing.T) {
 		t.Errorf("the run's own change inside the workspace was not applied: d/evil = %q", b)
 	}
 }
+
+// Descriptors the caller of `paddock run` left open (a shell's redirection,
+// an IDE's pipes) must not reach the command: a directory descriptor leads
+// out of its root, past every mask and hidden path.
+func TestEscapeInheritedDescriptors(t *testing.T) {
+	e := newEnv(t)
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "id_rsa"), []byte(secret), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.Open(outside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	file, err := os.Open(filepath.Join(outside, "id_rsa"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), escapeTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, paddockBin, "run", "--network", "none", "--state-dir", e.state, "--",
+		"sh", "-c", `ls /proc/self/fd; echo END; cat /proc/self/fd/7/id_rsa /proc/self/fd/8; cd /proc/self/fd/7 && ls`)
+	cmd.Dir = e.ws
+	// fds 3-6 closed, 7 the directory, 8 the file.
+	cmd.ExtraFiles = []*os.File{nil, nil, nil, nil, dir, file}
+	out, _ := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("not done after %s: %s", escapeTimeout, out)
+	}
+	if strings.Contains(string(out), "TOPSECRET") || strings.Contains(string(out), "id_rsa\n") {
+		t.Errorf("an inherited descriptor reached the sandbox:\n%s", out)
+	}
+	for _, l := range strings.Fields(strings.SplitN(string(out), "END", 2)[0]) {
+		if l != "0" && l != "1" && l != "2" && l != "3" {
+			t.Errorf("descriptor %s open in the command (want 0-2 and ls's own 3):\n%s", l, out)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -49,6 +50,9 @@ func verboseLogger(on bool) func(string, ...any) {
 func InitMain() {
 	var s initSpec
 	if err := readSpec(&s); err != nil {
+		fatal(exitSetup, "sandbox init: %v", err)
+	}
+	if err := closeInherited(); err != nil {
 		fatal(exitSetup, "sandbox init: %v", err)
 	}
 	logf := verboseLogger(s.Verbose)
@@ -107,6 +111,28 @@ func InitMain() {
 			}
 		}
 	}
+}
+
+// closeInherited marks every descriptor above stderr close-on-exec. What
+// the launcher's caller left open (a directory, a socket, a file) would
+// otherwise reach the command and lead out of its root and namespaces.
+func closeInherited() error {
+	if err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC); err == nil {
+		return nil
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("inherited descriptors: %w", err)
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			// The directory's own descriptor is gone by now: EBADF.
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && !errors.Is(err, unix.EBADF) {
+				return fmt.Errorf("inherited descriptor %d: %w", fd, err)
+			}
+		}
+	}
+	return nil
 }
 
 // reap collects every exited child; done when the command itself exited.
