@@ -286,7 +286,13 @@ func (s *Server) serveTLS(conn net.Conn, m *connMeta) {
 	default:
 		v = s.opt.Decider.Decide(m.sb, queryHost(host, m.port))
 	}
-	if v.Allow && v.Rule.TLS == "passthrough" {
+	if v.Allow && v.Rule.TLS == policy.TLSPassthrough && hello.ECH {
+		// Spliced, the upstream would route on the encrypted inner name, a
+		// host the policy never saw: ECH fronting. Terminated, paddock's
+		// TLS server ignores ECH and the Host check still holds.
+		v = Verdict{Policy: v.Policy, Rule: v.Rule, Reason: fmt.Sprintf("passthrough to %s refused: the ClientHello uses Encrypted Client Hello, so its SNI is only the outer public name", host)}
+	}
+	if v.Allow && v.Rule.TLS == policy.TLSPassthrough {
 		s.servePassthrough(rc, m, host, v, start)
 		return
 	}

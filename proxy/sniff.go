@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"time"
 )
 
@@ -37,7 +38,14 @@ func (c *replayConn) CloseWrite() error {
 type ClientHello struct {
 	ServerName string
 	ALPN       []string
+	// ECH reports an Encrypted Client Hello extension: ServerName is then
+	// only the outer, public name, and the real one is encrypted for the
+	// upstream.
+	ECH bool
 }
+
+// extensionECH is the encrypted_client_hello extension (RFC 9849).
+const extensionECH = 0xfe0d
 
 var errHelloSeen = errors.New("client hello seen")
 
@@ -64,7 +72,7 @@ func readClientHello(r io.Reader) (*ClientHello, []byte, error) {
 	src := io.TeeReader(io.LimitReader(r, 70<<10), &rec)
 	var hello *ClientHello
 	cfg := &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-		hello = &ClientHello{ServerName: h.ServerName, ALPN: append([]string(nil), h.SupportedProtos...)}
+		hello = &ClientHello{ServerName: h.ServerName, ALPN: append([]string(nil), h.SupportedProtos...), ECH: slices.Contains(h.Extensions, extensionECH)}
 		return nil, errHelloSeen
 	}}
 	err := tls.Server(&helloConn{Conn: nopConn{}, r: src}, cfg).Handshake()
