@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -44,7 +43,7 @@ type DropLogger struct {
 	drops *prometheus.CounterVec
 
 	mu     sync.Mutex
-	file   *os.File
+	file   *LogFile
 	health string
 	errs   int // consecutive receive errors
 }
@@ -72,12 +71,9 @@ func StartDropLogger(ctx context.Context, cfg DropLoggerConfig) (*DropLogger, er
 	if cfg.ByIfIndex == nil {
 		cfg.ByIfIndex = func(int) (api.Sandbox, bool) { return api.Sandbox{}, false }
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o750); err != nil {
-		return nil, fmt.Errorf("create drop log directory: %w", err)
-	}
-	file, err := os.OpenFile(cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	file, err := OpenLogFile(cfg.Path)
 	if err != nil {
-		return nil, fmt.Errorf("open drop log: %w", err)
+		return nil, fmt.Errorf("drop log: %w", err)
 	}
 	l := &DropLogger{cfg: cfg, log: cfg.Logger, file: file, health: "ok"}
 	l.drops = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -113,48 +109,11 @@ func StartDropLogger(ctx context.Context, cfg DropLoggerConfig) (*DropLogger, er
 		return nil, fmt.Errorf("bind nflog group %d: %w", cfg.Group, err)
 	}
 	go func() {
-		tick := time.NewTicker(reopenCheck)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				nf.Close()
-				l.close()
-				return
-			case <-tick.C:
-				l.reopenIfMoved()
-			}
-		}
+		<-ctx.Done()
+		nf.Close()
+		l.close()
 	}()
 	return l, nil
-}
-
-// reopenCheck is how often the logger notices that logrotate (or an
-// operator) moved or deleted the drop log.
-const reopenCheck = time.Second
-
-// reopenIfMoved starts a new file at Path when the open one is no longer
-// the file at Path, so rotated logs do not swallow drops.
-func (l *DropLogger) reopenIfMoved() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.file == nil {
-		return
-	}
-	cur, err := l.file.Stat()
-	if err != nil {
-		return
-	}
-	if st, err := os.Stat(l.cfg.Path); err == nil && os.SameFile(st, cur) {
-		return
-	}
-	f, err := os.OpenFile(l.cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-	if err != nil {
-		l.health = "reopen drop log: " + err.Error()
-		return
-	}
-	l.file.Close()
-	l.file = f
 }
 
 func (l *DropLogger) close() {

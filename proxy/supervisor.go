@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,9 +35,11 @@ type SupervisorConfig struct {
 	// Explicit is paddockd's root-only explicit socket (*net.UnixListener);
 	// nil: none.
 	Explicit filer
-	// AuditPath is opened (append, 0640) by the supervisor and inherited.
-	AuditPath string
-	Log       *slog.Logger
+	// Audit receives the proxy's audit lines, whole lines per Write. The
+	// child writes them into a pipe: the log file stays paddockd's, which
+	// can reopen it after rotation (the unprivileged child could not).
+	Audit io.Writer
+	Log   *slog.Logger
 	// Exe is the binary to run with argv[1] == ChildArg (default /proc/self/exe).
 	Exe    string
 	Stderr io.Writer // the child's log (default os.Stderr)
@@ -56,6 +59,7 @@ type Supervisor struct {
 	cfg      SupervisorConfig
 	uid, gid uint32
 	files    []*os.File
+	auditR   *os.File // read end of the audit pipe
 	log      *slog.Logger
 
 	mu      sync.Mutex
@@ -144,13 +148,16 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 			return fail(err)
 		}
 	}
-	if cfg.AuditPath != "" {
-		af, err := os.OpenFile(cfg.AuditPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if cfg.Audit != nil {
+		r, w, err := os.Pipe()
 		if err != nil {
-			return fail(fmt.Errorf("audit log: %w", err))
+			return fail(fmt.Errorf("audit pipe: %w", err))
 		}
-		s.files = append(s.files, af)
+		// paddockd keeps the write end too, so the reader never sees EOF
+		// while the child restarts.
+		s.files = append(s.files, w)
 		pc.AuditFD = 2 + len(s.files)
+		s.auditR = r
 	}
 	return s, nil
 }
@@ -193,6 +200,16 @@ func (s *Supervisor) Running() bool {
 // Run starts the proxy and keeps it running until ctx ends; then it stops
 // the child (SIGTERM, SIGKILL after 5 s) and closes the inherited files.
 func (s *Supervisor) Run(ctx context.Context) error {
+	if s.auditR != nil {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.copyAudit()
+		}()
+		// Runs after the write ends are closed below: drain, then close.
+		defer s.auditR.Close()
+		defer func() { <-done }()
+	}
 	defer func() {
 		for _, f := range s.files {
 			f.Close()
@@ -215,6 +232,23 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// copyAudit moves audit lines from the pipe to cfg.Audit, one Write per
+// line, until the pipe is closed.
+func (s *Supervisor) copyAudit() {
+	br := bufio.NewReaderSize(s.auditR, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			if _, werr := s.cfg.Audit.Write(line); werr != nil {
+				s.log.Error("write audit log", "reason", werr.Error())
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 

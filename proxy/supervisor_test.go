@@ -93,13 +93,18 @@ func TestSupervisorRunsChildUnprivileged(t *testing.T) {
 	}
 	defer l.Close()
 	auditPath := filepath.Join(root, "audit.jsonl")
+	auditFile, err := os.OpenFile(auditPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer auditFile.Close()
 	sup, err := NewSupervisor(SupervisorConfig{
-		Proxy:     Config{PolicyDir: polDir, CADir: caDir, Resolver: "127.0.0.1:1"},
-		User:      "64000:64000",
-		TCP:       l.(*net.TCPListener),
-		AuditPath: auditPath,
-		Exe:       exe,
-		Stderr:    io.Discard,
+		Proxy:  Config{PolicyDir: polDir, CADir: caDir, Resolver: "127.0.0.1:1"},
+		User:   "64000:64000",
+		TCP:    l.(*net.TCPListener),
+		Audit:  auditFile,
+		Exe:    exe,
+		Stderr: io.Discard,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -45,9 +45,17 @@ func newEnforcer(cfg *Config) (enforcer.Enforcer, error) {
 		return nil, err
 	}
 	ls := dp.Listeners()
+	// The audit log stays paddockd's (the proxy writes into a pipe), so it
+	// can follow logrotate like the drop log.
+	audit, err := enforcer.OpenLogFile(filepath.Join(cfg.LogDir, AuditFile))
+	if err != nil {
+		dp.Close()
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
 	var explicit *net.UnixListener
 	if cfg.ExplicitSocket != "" {
 		if explicit, err = listenExplicit(cfg.ExplicitSocket); err != nil {
+			audit.Close()
 			dp.Close()
 			return nil, err
 		}
@@ -61,12 +69,12 @@ func newEnforcer(cfg *Config) (enforcer.Enforcer, error) {
 			ExplicitPort: cfg.ExplicitPort,
 			MetricsAddr:  cfg.ProxyMetrics,
 		},
-		User:      cfg.ProxyUser,
-		TCP:       ls.TCP,
-		DNSUDP:    ls.DNSUDP,
-		DNSTCP:    ls.DNSTCP,
-		AuditPath: filepath.Join(cfg.LogDir, AuditFile),
-		Log:       cfg.Logger.With("component", "proxy-supervisor"),
+		User:   cfg.ProxyUser,
+		TCP:    ls.TCP,
+		DNSUDP: ls.DNSUDP,
+		DNSTCP: ls.DNSTCP,
+		Audit:  audit,
+		Log:    cfg.Logger.With("component", "proxy-supervisor"),
 	}
 	if explicit != nil { // a nil *UnixListener would be a non-nil filer
 		sc.Explicit = explicit
@@ -76,11 +84,12 @@ func newEnforcer(cfg *Config) (enforcer.Enforcer, error) {
 		if explicit != nil {
 			explicit.Close()
 		}
+		audit.Close()
 		dp.Close()
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &proxied{Datapath: dp, sup: sup, explicit: explicit, cancel: cancel, done: make(chan struct{})}
+	p := &proxied{Datapath: dp, sup: sup, explicit: explicit, audit: audit, cancel: cancel, done: make(chan struct{})}
 	cfg.Registry.OnChange(func(list []api.Sandbox) {
 		if err := sup.SetSandboxes(list); err != nil {
 			cfg.Logger.Warn("feed proxy", "reason", err.Error())
@@ -98,6 +107,7 @@ type proxied struct {
 	*enforcer.Datapath
 	sup      *proxy.Supervisor
 	explicit *net.UnixListener // nil without --explicit-socket
+	audit    *enforcer.LogFile
 	cancel   context.CancelFunc
 	done     chan struct{}
 }
@@ -119,6 +129,7 @@ func (p *proxied) Components() map[string]string {
 func (p *proxied) Close() error {
 	p.cancel()
 	<-p.done
+	p.audit.Close()
 	if p.explicit != nil {
 		p.explicit.Close() // also removes the socket file
 	}
