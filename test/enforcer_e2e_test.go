@@ -216,7 +216,6 @@ func TestEnforcerSurvivesKill9(t *testing.T) {
 			if err := sb.Check(); err != nil {
 				t.Errorf("CNI CHECK after restart: %v", err)
 			}
-			e.waitProxyFeed(t, 1)
 			if out, err := e.w.ExecNode("sysctl", "-n", fwd); err != nil || strings.TrimSpace(string(out)) != "0" {
 				t.Errorf("after restart %s = %q (%v), want 0", fwd, out, err)
 			}
