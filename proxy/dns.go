@@ -68,7 +68,7 @@ func (g *DNSGuard) Answer(ctx context.Context, req *dns.Msg, src, dst netip.Addr
 		g.finish(rec)
 		return m
 	}
-	if req.Opcode != dns.OpcodeQuery || len(req.Question) != 1 {
+	if req.Response || req.Opcode != dns.OpcodeQuery || len(req.Question) != 1 {
 		return refuse("not a single-question QUERY")
 	}
 	q := req.Question[0]
