@@ -127,7 +127,8 @@ const secret = "TOPSECRET\n"
 
 // maskedFiles are secrets each attack tries to reach; the deep one lies
 // below more directories than a bounded scan would descend.
-var maskedFiles = []string{".env", "sub/.env", ".ssh/id_ed25519", "tls.pem", "a/b/c/d/e/f/g/h/i/j/.env"}
+var maskedFiles = []string{".env", "sub/.env", ".ssh/id_ed25519", "tls.pem", "a/b/c/d/e/f/g/h/i/j/.env",
+	".netrc", ".gnupg/private-keys-v1.d/k.key", ".config/gh/hosts.yml", ".vault-token", ".cargo/credentials.toml"}
 
 func TestEscapeMasks(t *testing.T) {
 	e := newEnv(t)
@@ -166,6 +167,8 @@ def moved():
         os.rename(W + "/sub2", W + "/sub")
 t("rename-parent", moved)
 t("fd-reopen", lambda: rd("/proc/self/fd/%d" % os.open(W + "/.env", os.O_PATH)))
+for p in [".netrc", ".gnupg/private-keys-v1.d/k.key", ".config/gh/hosts.yml", ".vault-token", ".cargo/credentials.toml"]:
+    t("cred " + p, lambda: rd(W + "/" + p))
 t("notes", lambda: rd(W + "/notes.txt"))
 `
 	check := func(t *testing.T, got map[string]string, r result) {
@@ -648,4 +651,32 @@ func TestEscapeInheritedDescriptors(t *testing.T) {
 			t.Errorf("descriptor %s open in the command (want 0-2 and ls's own 3):\n%s", l, out)
 		}
 	}
+}
+
+// uid or gid 0 inside is host root's (identity-mapped user namespace):
+// without a single capability it still owns /etc/shadow and the SSH host
+// keys, so the launcher refuses it.
+func TestEscapeRootIDsRefused(t *testing.T) {
+	e := newEnv(t)
+	for _, flags := range [][]string{{"--uid", "0"}, {"--gid", "0"}, {"--uid", "0", "--gid", "0"}} {
+		r := e.escape(flags, "cat", "/etc/shadow")
+		if r.code == 0 || !strings.Contains(r.stderr, "id 0") || strings.Contains(r.stdout, "root:") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q: want a refusal", flags, r.code, r.stdout, r.stderr)
+		}
+	}
+	if ents, _ := os.ReadDir(e.state); len(ents) != 0 {
+		t.Errorf("refused runs left state: %v", ents)
+	}
+}
+
+// Known hole, kept as a skipped test: in an :rw workspace the command may
+// write .git/hooks and .git/config (core.fsmonitor, core.hooksPath,
+// aliases), which run code on the host at the user's next git command
+// outside the sandbox. Read-only binds of those two would not close it:
+// git also follows .git/commondir to another directory's config, the
+// command may create a new repository (.git) in any subdirectory, and a
+// read-only .git/config breaks `git config user.email` inside. Use
+// :overlay (the diff shows .git changes) or :ro for untrusted work.
+func TestEscapeGitHooksRW(t *testing.T) {
+	t.Skip("known hole: an :rw workspace's .git/hooks, .git/config and .git/commondir are writable; they run code at the user's next git command on the host")
 }

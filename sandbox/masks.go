@@ -15,6 +15,7 @@ var DefaultMasks = []string{
 	".env", ".env.*", ".git-credentials", ".aws/", ".config/gcloud/", ".azure/",
 	".docker/config.json", ".kube/config", ".npmrc", ".pypirc",
 	"*-service-account.json", "*.pem", "*.key", ".ssh/",
+	".netrc", ".gnupg/", ".config/gh/", ".vault-token", ".cargo/credentials.toml",
 }
 
 // maskMaxEntries bounds the scan of one bound directory (outside

@@ -227,6 +227,12 @@ func (o *Options) validate() error {
 		return fmt.Errorf("limits must not be negative")
 	}
 	o.resolveIDs()
+	if o.UID == 0 || o.GID == 0 {
+		// The user namespace maps root to host root (the init must reach
+		// the host's files to bind them): without any capability, uid or
+		// gid 0 still owns every root file the rootfs shows.
+		return fmt.Errorf("uid %d / gid %d: id 0 would let the command read and write the host's root-owned files (/etc/shadow, SSH host keys) even without capabilities: pass --uid and --gid of an unprivileged user, e.g. 65534", o.UID, o.GID)
+	}
 	if o.Seccomp != "" {
 		if _, err := os.Stat(o.Seccomp); err != nil {
 			return fmt.Errorf("seccomp profile %q: %w", o.Seccomp, err)
