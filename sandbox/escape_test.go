@@ -404,6 +404,8 @@ func TestEscapeHostLeaks(t *testing.T) {
 import re
 t("env", lambda: {k: v for k, v in os.environ.items() if "hostsecret" in v} or None)
 t("hostname", lambda: socket.gethostname())
+t("etc-hostname", lambda: rd("/etc/hostname"))
+t("etc-hosts", lambda: rd("/etc/hosts"))
 t("pids", lambda: sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
 t("abstract", lambda: (lambda s: (s.connect("\0`+abstract[1:]+`"), s.recv(64))[1])(socket.socket(socket.AF_UNIX)))
 t("netdev", lambda: sorted(l.split(":")[0].strip() for l in rd("/proc/net/dev").splitlines()[2:]))
@@ -432,6 +434,11 @@ t("mountinfo-oldroot", lambda: [l for l in rd("/proc/self/mountinfo").splitlines
 	}
 	if got["hostname"] != "OK 'paddock'" || strings.Contains(got["hostname"], host) {
 		t.Errorf("hostname: %s (host is %q)", got["hostname"], host)
+	}
+	for _, n := range []string{"etc-hostname", "etc-hosts"} {
+		if v := got[n]; host != "" && strings.Contains(v, host) {
+			t.Errorf("%s names the host %q: %s", n, host, v)
+		}
 	}
 	if got["netdev"] != "OK ['lo']" {
 		t.Errorf("network devices: %s", got["netdev"])

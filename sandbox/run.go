@@ -274,6 +274,21 @@ func buildSpec(o *Options, runDir string, filter *SeccompFilter) (*initSpec, err
 		s.Tmpfs = append(s.Tmpfs, tmpfsSpec{Path: t.Path, Size: t.Size, Mode: "0755", UID: o.UID, GID: o.GID})
 		writable = append(writable, t.Path)
 	}
+	// The rootfs's /etc/hostname and /etc/hosts name the host; the UTS
+	// namespace's name replaces them, as under Docker.
+	for name, body := range map[string]string{
+		"hostname": s.Hostname + "\n",
+		"hosts":    "127.0.0.1\tlocalhost " + s.Hostname + "\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+	} {
+		if _, err := os.Stat(filepath.Join(o.RootFS, "etc", name)); err != nil {
+			continue
+		}
+		src := filepath.Join(runDir, name)
+		if err := os.WriteFile(src, []byte(body), 0o644); err != nil {
+			return nil, fmt.Errorf("/etc/%s: %w", name, err)
+		}
+		s.Binds = append(s.Binds, bindSpec{Src: src, Dst: "/etc/" + name, File: true})
+	}
 	ws := o.Workspace
 	binds := append([]Mount{ws}, o.Mounts...)
 	pats := compileMasks(append(append([]string{}, DefaultMasks...), o.Masks...))
