@@ -42,6 +42,9 @@ func requestTarget(r *http.Request, c *httpConn) (string, int, error) {
 		return "", 0, err
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if !validHost(host) {
+		return "", 0, fmt.Errorf("%q is not a host name or IP address", host)
+	}
 	if !c.explicit {
 		// The sandbox dialled this port; a Host header cannot move it.
 		port = c.meta.port

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -435,11 +436,35 @@ func splitHostPort(hostport string, def int) (string, int, error) {
 		}
 		return "", 0, fmt.Errorf("bad host:port %q", hostport)
 	}
-	var port int
-	if _, err := fmt.Sscanf(p, "%d", &port); err != nil || port < 1 || port > 65535 {
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 1 || port > 65535 {
 		return "", 0, fmt.Errorf("bad port in %q", hostport)
 	}
 	return h, port, nil
+}
+
+// validHost reports whether h (lower case, no trailing dot) is an IP
+// literal or a DNS name: policy matching and the upstream dial see only
+// names a resolver could answer, never "a@b", "a/b" or empty labels.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // CloseWrite lets splice half-close a hijacked CONNECT tunnel.
