@@ -47,6 +47,9 @@ func (s *Server) serveExplicitRequest(w http.ResponseWriter, r *http.Request, m 
 	host, port, err := splitHostPort(r.Host, 0)
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	cm := &connMeta{sb: m.sb, src: m.src, port: port, target: host, raw: m.raw}
+	if err == nil && !validHost(host) {
+		err = fmt.Errorf("%q is not a host name or IP address", host)
+	}
 	if err != nil {
 		denyText(w, http.StatusBadRequest, fmt.Sprintf("paddock: CONNECT target %q is not host:port\n", r.Host))
 		return
