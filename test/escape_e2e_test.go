@@ -26,7 +26,7 @@ import (
 // the injected credential. Every attack must fail with the leak detector and
 // every canary silent. One world serves all attacks to keep the suite short.
 func TestEscape(t *testing.T) {
-	e := newEscEnv(t)
+	e := newEscEnv(t, "bpf")
 
 	t.Run("NodeServices", func(t *testing.T) { escNodeServices(t, e) })
 	t.Run("ExplicitProxyInternal", func(t *testing.T) { escExplicitInternal(t, e) })
@@ -41,6 +41,20 @@ func TestEscape(t *testing.T) {
 	t.Run("Credentials", func(t *testing.T) { escCredentials(t, e) })
 	t.Run("Resources", func(t *testing.T) { escResources(t, e) })
 	t.Run("ReloadKeepAlive", func(t *testing.T) { escReloadKeepAlive(t, e) })
+	t.Run("Identity", func(t *testing.T) { escIdentity(t, e) })
+	e.assertContained(t)
+}
+
+// TestEscapeNftables repeats the data-path attacks (everything below the
+// proxy, which is the same code in both modes) with the nftables TPROXY
+// redirect instead of BPF.
+func TestEscapeNftables(t *testing.T) {
+	e := newEscEnv(t, "nftables")
+	t.Run("NodeServices", func(t *testing.T) { escNodeServices(t, e) })
+	t.Run("NonTCP", func(t *testing.T) { escNonTCP(t, e) })
+	t.Run("RawFrames", func(t *testing.T) { escRawFrames(t, e) })
+	t.Run("IPv6", func(t *testing.T) { escIPv6(t, e) })
+	t.Run("Lateral", func(t *testing.T) { escLateral(t, e) })
 	t.Run("Identity", func(t *testing.T) { escIdentity(t, e) })
 	e.assertContained(t)
 }
@@ -247,6 +261,8 @@ func escHTTPBypass(t *testing.T, e *escEnv) {
 		// An Upgrade to h2c, then a blocked request.
 		"GET / HTTP/1.1\r\nHost: allowed.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
 		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+		// CONNECT on a transparent connection.
+		"CONNECT blocked.test:443 HTTP/1.1\r\nHost: blocked.test:443\r\n\r\nGET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n",
 		// WebSocket to a blocked host.
 		"GET / HTTP/1.1\r\nHost: blocked.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
 	}

@@ -66,7 +66,7 @@ type escEnv struct {
 	canaries []*escCanary
 }
 
-func newEscEnv(t *testing.T) *escEnv {
+func newEscEnv(t *testing.T, redirect string) *escEnv {
 	t.Helper()
 	w := world.New(t, world.Options{})
 	for _, n := range []string{"a.wild.test", "evilwild.test", "wild.test"} {
@@ -86,7 +86,7 @@ func newEscEnv(t *testing.T) *escEnv {
 		t.Fatal(err)
 	}
 	startEscUpstream(t, w)
-	e.d = w.StartDaemon(t)
+	e.d = w.StartDaemon(t, "--redirect", redirect)
 	if st, err := e.d.WaitReady(15 * time.Second); err != nil {
 		t.Fatalf("paddockd not ready: %v (components %v)", err, st.Components)
 	}
