@@ -687,3 +687,99 @@ func TestEscapeRootIDsRefused(t *testing.T) {
 func TestEscapeGitHooksRW(t *testing.T) {
 	t.Skip("known hole: an :rw workspace's .git/hooks, .git/config and .git/commondir are writable; they run code at the user's next git command on the host")
 }
+
+// Another run (or any process) sharing an :rw workspace may swap a
+// directory for a symlink between the launcher's scan and the init's mask
+// mounts. The mask must then fail closed, never land on a decoy and leave
+// the secret readable under its new name.
+func TestEscapeMaskRace(t *testing.T) {
+	e := newEnv(t)
+	e.write("sub/.env", secret)
+	e.write("decoy/.env", "decoy\n")
+	e.chownWS(65534)
+	sub, hold := filepath.Join(e.ws, "sub"), filepath.Join(e.ws, "hold")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 1000000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = os.Rename(sub, hold)
+			_ = os.Symlink("decoy", sub)
+			time.Sleep(200 * time.Microsecond)
+			_ = os.Remove(sub)
+			_ = os.Rename(hold, sub)
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-done
+		if _, err := os.Stat(filepath.Join(sub, ".env")); err != nil {
+			_ = os.Rename(hold, sub)
+		}
+	}()
+	started := 0
+	for i := 0; i < 25; i++ {
+		r := e.escape([]string{"--workspace", e.ws + ":rw", "--uid", "65534"}, "sh", "-c", "cat sub/.env hold/.env 2>/dev/null; true")
+		if strings.Contains(r.stdout, "TOPSECRET") {
+			t.Fatalf("run %d read the secret after a swap during setup:\n%s\n%s", i, r.stdout, r.stderr)
+		}
+		if r.code == 0 {
+			started++
+		}
+	}
+	t.Logf("%d of 25 runs started while the workspace was being swapped (the others refused)", started)
+}
+
+// A command rewriting its :rw workspace while another run scans the same
+// tree could hide a secret from that scan (move a directory into a part
+// already walked, leave an empty one in its place): runs that share a
+// directory one of them may write are refused while the writer lives.
+func TestEscapeConcurrentRWRefused(t *testing.T) {
+	e := newEnv(t)
+	e.write("sub/.env", secret)
+	e.chownWS(65534)
+	ctx, cancel := context.WithTimeout(context.Background(), escapeTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, paddockBin, "run", "--network", "none", "--state-dir", e.state,
+		"--workspace", e.ws+":rw", "--uid", "65534", "--", "sh", "-c", "echo ready; sleep 8")
+	cmd.Dir = e.ws
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := os.Chmod(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, flags := range [][]string{
+		{"--workspace", e.ws + ":ro"},
+		{"--workspace", e.ws + ":overlay"},
+		{"--workspace", other, "--mount", filepath.Join(e.ws, "sub") + ":/data"},
+	} {
+		r := e.escape(flags, "cat", "sub/.env")
+		if r.code == 0 || !strings.Contains(r.stderr, "may write it") {
+			t.Errorf("%v beside a live :rw run over the same tree: exit %d %q %q", flags, r.code, r.stdout, r.stderr)
+		}
+	}
+	if r := e.escape([]string{"--workspace", other}, "true"); r.code != 0 {
+		t.Errorf("an unrelated workspace was refused: %d %s", r.code, r.stderr)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if r := e.escape([]string{"--workspace", e.ws + ":ro"}, "true"); r.code != 0 {
+		t.Errorf("the workspace stayed refused after the :rw run died: %d %s", r.code, r.stderr)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // DefaultMasks are the secrets hidden wherever they appear in a bound
@@ -30,6 +31,25 @@ var skipDirs = map[string]bool{"node_modules": true, ".git": true, "__pycache__"
 type maskSet struct {
 	Files []string
 	Dirs  []string
+	// IDs are the scanned (device, inode) of each path found in a
+	// directory bind: the init masks exactly those.
+	IDs map[string][2]uint64 `json:"ids,omitempty"`
+}
+
+// add lists a secret; pin records its identity, which an overlay's own
+// device and inode numbers would not match.
+func (m *maskSet) add(inside string, isDir bool, fi fs.FileInfo, pin bool) {
+	if isDir {
+		m.Dirs = append(m.Dirs, inside)
+	} else {
+		m.Files = append(m.Files, inside)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && pin {
+		if m.IDs == nil {
+			m.IDs = map[string][2]uint64{}
+		}
+		m.IDs[inside] = [2]uint64{uint64(st.Dev), st.Ino}
+	}
 }
 
 type pattern struct {
@@ -62,15 +82,13 @@ func (p pattern) match(rel []string, isDir bool) bool {
 // taken from prefix (the mount's path inside the sandbox) so that
 // ".config/gcloud/" matches in a home directory mounted at its root. Every
 // depth is examined: a secret nested deep is still a secret.
-func scanMasks(src, dst string, pats []pattern, out *maskSet) error {
+func scanMasks(src, dst string, pats []pattern, pin bool, out *maskSet) error {
 	base := strings.Split(strings.Trim(dst, "/"), "/")
 	n := 0
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if d != nil && d.IsDir() {
-				return fs.SkipDir
-			}
-			return nil
+			// An entry that cannot be examined might hold a secret.
+			return fmt.Errorf("look for secrets in %s: %w", p, err)
 		}
 		if p == src {
 			return nil
@@ -92,12 +110,16 @@ func scanMasks(src, dst string, pats []pattern, out *maskSet) error {
 		}
 		for _, pt := range pats {
 			if pt.match(rel, isDir) {
-				if isDir {
-					out.Dirs = append(out.Dirs, inside)
-					return fs.SkipDir
+				if !isDir && !typ.IsRegular() {
+					return nil
 				}
-				if typ.IsRegular() {
-					out.Files = append(out.Files, inside)
+				fi, err := d.Info()
+				if err != nil {
+					return fmt.Errorf("mask %s: %w", p, err)
+				}
+				out.add(inside, isDir, fi, pin)
+				if isDir {
+					return fs.SkipDir
 				}
 				return nil
 			}

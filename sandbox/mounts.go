@@ -158,16 +158,12 @@ func buildRoot(s *initSpec, logf func(string, ...any)) error {
 		}
 	}
 	for _, f := range s.Masks.Files {
-		dst := newRoot + f
-		if err := mount(emptyFile, dst, "", unix.MS_BIND, ""); err != nil {
-			return err
-		}
-		if err := setattr(dst, attrRO|unix.MOUNT_ATTR_NOEXEC, false); err != nil {
+		if err := maskAt(s, f, false); err != nil {
 			return err
 		}
 	}
 	for _, d := range s.Masks.Dirs {
-		if err := mount("tmpfs", newRoot+d, "tmpfs", unix.MS_RDONLY|mountFlags|unix.MS_NOEXEC, "size=4k,mode=0555"); err != nil {
+		if err := maskAt(s, d, true); err != nil {
 			return err
 		}
 	}
@@ -188,6 +184,89 @@ func buildRoot(s *initSpec, logf func(string, ...any)) error {
 		return fmt.Errorf("detach the host root: %w", err)
 	}
 	return unix.Chdir("/")
+}
+
+// maskAt mounts an empty read-only file or directory over a secret the
+// launcher's scan found. Below its bind the path is walked without
+// following symlinks, and the inode must be the scanned one, the mount
+// then going onto that very descriptor: another run sharing an :rw
+// workspace could otherwise swap in a symlink or a directory between the
+// scan and this mount, and the mask would land on a decoy.
+func maskAt(s *initSpec, p string, dir bool) error {
+	target, err := openMaskTarget(s.Binds, p)
+	if err != nil {
+		return fmt.Errorf("mask %s: %w (did the workspace change while the sandbox started?)", p, err)
+	}
+	defer unix.Close(target)
+	if id, ok := s.Masks.IDs[p]; ok {
+		var st unix.Stat_t
+		if err := unix.Fstat(target, &st); err != nil {
+			return fmt.Errorf("mask %s: %w", p, err)
+		}
+		if uint64(st.Dev) != id[0] || st.Ino != id[1] {
+			return fmt.Errorf("mask %s: not the file the scan found: the workspace changed while the sandbox started; run again", p)
+		}
+	}
+	var mnt int
+	if dir {
+		fsfd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
+		if err != nil {
+			return fmt.Errorf("mask %s: %w", p, err)
+		}
+		defer unix.Close(fsfd)
+		for k, v := range map[string]string{"size": "4k", "mode": "0555"} {
+			if err := unix.FsconfigSetString(fsfd, k, v); err != nil {
+				return fmt.Errorf("mask %s: tmpfs %s: %w", p, k, err)
+			}
+		}
+		if err := unix.FsconfigCreate(fsfd); err != nil {
+			return fmt.Errorf("mask %s: %w", p, err)
+		}
+		mnt, err = unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrRO|unix.MOUNT_ATTR_NOEXEC)
+		if err != nil {
+			return fmt.Errorf("mask %s: %w", p, err)
+		}
+	} else {
+		mnt, err = unix.OpenTree(unix.AT_FDCWD, emptyFile, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+		if err != nil {
+			return fmt.Errorf("mask %s: %w", p, err)
+		}
+		if err := unix.MountSetattr(mnt, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: attrRO | unix.MOUNT_ATTR_NOEXEC}); err != nil {
+			unix.Close(mnt)
+			return fmt.Errorf("mask %s: %w", p, err)
+		}
+	}
+	defer unix.Close(mnt)
+	if err := unix.MoveMount(mnt, "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("mask %s: %w", p, err)
+	}
+	return nil
+}
+
+// openMaskTarget opens p (inside the sandbox) as an O_PATH descriptor: the
+// bind holding it is opened as bind() reached it, the rest beneath it with
+// no symlink followed.
+func openMaskTarget(binds []bindSpec, p string) (int, error) {
+	var root string
+	for _, b := range binds {
+		if (p == b.Dst || strings.HasPrefix(p, b.Dst+"/")) && len(b.Dst) > len(root) {
+			root = b.Dst
+		}
+	}
+	rel := strings.TrimPrefix(strings.TrimPrefix(p, root), "/")
+	if root == "" || rel == "" {
+		// A bound file that is itself a secret: its path is the user's.
+		return unix.Open(newRoot+p, unix.O_PATH|unix.O_CLOEXEC, 0)
+	}
+	rfd, err := unix.Open(newRoot+root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(rfd)
+	return unix.Openat2(rfd, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH,
+	})
 }
 
 func bindRootFS(rootfs string) error {

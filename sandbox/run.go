@@ -103,8 +103,19 @@ func Run(opts Options) (code int, err error) {
 			_ = os.RemoveAll(runDir)
 		}
 	}()
+	for _, m := range append([]Mount{opts.Workspace}, opts.Mounts...) {
+		rec.Bound = append(rec.Bound, m.Source)
+		if m.Access == ReadWrite {
+			rec.Writable = append(rec.Writable, m.Source)
+		}
+	}
 	if err := rec.save(runDir); err != nil {
 		return 0, err
+	}
+	// Saved first, checked second: of two runs starting together, at
+	// least one sees the other.
+	if o := conflicting(opts.StateDir, rec); o != nil {
+		return 0, fmt.Errorf("run %s (pid %d) shares %s with this run and one of them may write it: a command rewriting a tree while another run scans it for secrets could hide one; wait for that run, or give each run its own copy (git worktree) or :overlay", o.ID, o.PID, strings.Join(o.Bound, ", "))
 	}
 
 	spec, err := buildSpec(&opts, runDir, filter)
@@ -314,7 +325,7 @@ func buildSpec(o *Options, runDir string, filter *SeccompFilter) (*initSpec, err
 		}
 		s.Binds = append(s.Binds, b)
 		if !b.File {
-			if err := scanMasks(m.Source, m.Dest, pats, &s.Masks); err != nil {
+			if err := scanMasks(m.Source, m.Dest, pats, m.Access != Overlay, &s.Masks); err != nil {
 				return nil, fmt.Errorf("mask secrets: %w", err)
 			}
 		} else if matchesAny(pats, m.Dest) {

@@ -27,6 +27,38 @@ type Record struct {
 	CNIBinDir  string    `json:"cniBinDir,omitempty"`
 	Exited     bool      `json:"exited"`
 	ExitCode   int       `json:"exitCode"`
+	// Bound and Writable are the host directories the run binds, and
+	// those of them it may write: runs that overlap a writable one are
+	// refused while it lives (see conflicting).
+	Bound    []string `json:"bound,omitempty"`
+	Writable []string `json:"writable,omitempty"`
+}
+
+func overlaps(a, b string) bool {
+	return a == b || strings.HasPrefix(a, strings.TrimSuffix(b, "/")+"/") || strings.HasPrefix(b, strings.TrimSuffix(a, "/")+"/")
+}
+
+// conflicting returns a live run of stateDir, other than r, that may write
+// a directory r binds or binds a directory r may write. The secret scan is
+// a snapshot: a command renaming directories in a tree while another run
+// scans it could hide a secret from the scan, or move it under a decoy.
+func conflicting(stateDir string, r *Record) *Record {
+	runs, _ := ListRuns(stateDir)
+	for _, o := range runs {
+		if o.ID == r.ID || o.Exited || !o.alive() {
+			continue
+		}
+		for _, pair := range [][2][]string{{o.Writable, r.Bound}, {r.Writable, o.Bound}} {
+			for _, w := range pair[0] {
+				for _, b := range pair[1] {
+					if overlaps(w, b) {
+						return o
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // DefaultStateDir is /var/lib/paddock/runs for root, else
