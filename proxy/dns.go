@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -36,6 +37,14 @@ type DNSGuard struct {
 	Metrics  *Metrics
 	Log      *slog.Logger
 	Timeout  time.Duration
+	// Rate and Burst bound the questions one sandbox sends upstream
+	// (default DefaultDNSRate per second, DefaultDNSBurst); over them the
+	// guard answers REFUSED at once.
+	Rate  float64
+	Burst int
+
+	limitOnce sync.Once
+	limiter   *dnsLimiter
 }
 
 func (g *DNSGuard) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
@@ -104,11 +113,25 @@ func (g *DNSGuard) Answer(ctx context.Context, req *dns.Msg, src, dst netip.Addr
 		g.finish(rec)
 		return m
 	}
-	g.count(rec.Sandbox, "allow")
 	if q.Qtype == dns.TypeAAAA {
 		// IPv6 egress is denied: say the name exists but has no address.
+		g.count(rec.Sandbox, "allow")
 		return m
 	}
+	g.limitOnce.Do(func() { g.limiter = newDNSLimiter(g.Rate, g.Burst) })
+	if ok, first := g.limiter.allow(rec.Sandbox, time.Now()); !ok {
+		m.Rcode = dns.RcodeRefused
+		g.count(rec.Sandbox, "ratelimited")
+		if first {
+			rec.Error, rec.Status = fmt.Sprintf("over %g questions a second sent upstream: refused until the rate drops (reported once per run)", g.limiter.rate), dns.RcodeRefused
+			if g.Audit != nil {
+				g.Audit.Write(rec)
+			}
+			g.Log.Warn("dns rate limited", "sandbox", rec.Sandbox, "dst", rec.Host, "reason", rec.Error)
+		}
+		return m
+	}
+	g.count(rec.Sandbox, "allow")
 	up := new(dns.Msg)
 	up.SetQuestion(dns.Fqdn(rec.Host), q.Qtype)
 	up.RecursionDesired = true

@@ -29,7 +29,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		DNSQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "paddock_proxy_dns_queries_total",
-			Help: "DNS questions by sandbox and decision (allow, deny, refused).",
+			Help: "DNS questions by sandbox and decision (allow, deny, refused, ratelimited).",
 		}, []string{"sandbox", "decision"}),
 	}
 	if reg != nil {

@@ -404,7 +404,12 @@ time.sleep(1); print('sent',sent)
 `)
 	time.Sleep(500 * time.Millisecond)
 	got := len(e.w.DNSQueries()) - before
-	t.Logf("DNS exfil through an allowed wildcard: %s, %d distinct names reached the authoritative server (inherent to *.suffix rules; no rate limit)", strings.TrimSpace(out), got)
+	t.Logf("DNS exfil through an allowed wildcard: %s, %d distinct names reached the authoritative server (inherent to *.suffix rules, bounded by the guard's per-sandbox rate)", strings.TrimSpace(out), got)
+	// 2 s of sending plus 1 s of draining at DefaultDNSRate after a
+	// DefaultDNSBurst, with slack for timing.
+	if limit := proxy.DefaultDNSBurst + 4*proxy.DefaultDNSRate; got > limit {
+		t.Errorf("%d questions reached the upstream in about 3 s: the guard's rate limit (%d/s, burst %d) is not applied", got, proxy.DefaultDNSRate, proxy.DefaultDNSBurst)
+	}
 	e.assertContained(t)
 }
 
@@ -706,6 +711,28 @@ print('held',round(time.time()-t0,1),'s')
 	t.Logf("b's request while a holds 2000 connections and a slow ClientHello: %v", took.Round(time.Millisecond))
 	r := <-done
 	t.Log(r.out)
+	// A flood of DNS questions for distinct allowed names (each one goes
+	// upstream) does not starve b's lookups and connections.
+	go func() {
+		done <- result{e.py(t, e.a, `
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.setblocking(False)
+sent=0; t0=time.time()
+while time.time()-t0<4:
+    n='f%d.a.wild.test'%sent
+    b=b''.join(bytes([len(l)])+l.encode() for l in n.split('.'))+b'\0'
+    try: s.sendto(struct.pack('!HHHHHH',sent&0xffff,0x100,1,0,0,0)+b+struct.pack('!HH',1,1),(GW,53)); sent+=1
+    except BlockingIOError: pass
+print('dns flood: sent',sent,'in 4 s')
+`)}
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	start = time.Now()
+	out = e.curl(t, e.b, "https://allowed.test/")
+	took = time.Since(start)
+	if !strings.Contains(out, "hello from allowed.test") || took > 5*time.Second {
+		t.Errorf("sandbox b while a floods the DNS guard: %s after %v", out, took)
+	}
+	t.Logf("b's lookup and request while a floods the DNS guard: %v; %s", took.Round(time.Millisecond), strings.TrimSpace((<-done).out))
 	// A connection that says nothing is decided after PeekTimeout (2 s).
 	out = e.py(t, e.a, `
 s=socket.create_connection((WEB,443),timeout=6); t0=time.time()
