@@ -15,11 +15,13 @@ import (
 )
 
 // criPolicies are the policies the CRI tests' pods run under: the network's
-// policy, and one a pod may request by annotation where the conflist's
-// allowedPolicies permits it (namespace team-a only).
+// policy; one a pod may request by annotation where the conflist's
+// allowedPolicies permits it (namespace team-a only); and one the
+// operator's policySelectors give the pods named runner-* in namespace ci.
 var criPolicies = map[string]string{
 	"default": "dns: allowlist\negress:\n  - domains: [allowed.test]\n",
 	"other":   "dns: allowlist\negress:\n  - domains: [other.test]\n",
+	"ci":      "dns: allowlist\negress:\n  - domains: [echo.test]\n",
 }
 
 // criPod is a pod crictl started, with what paddock and containerd know of it.
@@ -27,19 +29,59 @@ type criPod struct {
 	ID, Container string
 	Spec          string // the pod spec runp read; crictl create wants it again
 	Key           api.Key
-	HostVeth      string
+	HostVeth      string // paddock's in standalone mode, ptp's when chained
 	IP            netip.Addr
 	Netns         string
 }
 
-// TestCRIContainerd drives containerd's CRI with crictl, containerd running
-// contained in a world's node namespace with paddock as its pod network:
-// pods are registered and enforced, their containers reach allowed sites
-// only through the proxy, stopp and rmp leave nothing behind, the pod
-// annotation paddock.dev/policy selects a policy where allowedPolicies
-// permits it and fails runp where it does not, and containerd calls only
-// ADD and DEL, as KERNEL-FACTS.md records.
-func TestCRIContainerd(t *testing.T) {
+// criPaddock is the paddock entry of both CRI conflists: pod annotations
+// passed (a request allowedPolicies grants to team-a only), and the
+// operator's selector for CI runners.
+func criPaddock(w *world.World) map[string]any {
+	return map[string]any{
+		"type":            "paddock",
+		"daemonSocket":    w.DaemonSocket(),
+		"policy":          "default",
+		"capabilities":    map[string]bool{"io.kubernetes.cri.pod-annotations": true},
+		"policySelectors": []plugin.PolicySelector{{Namespace: "ci", PodName: "runner-*", Policy: "ci"}},
+		"allowedPolicies": []plugin.PolicyGrant{{Namespaces: []string{"team-a"}, Policies: []string{"other"}}},
+	}
+}
+
+// criConflist is the network containerd gives every pod: paddock alone
+// (it makes the veth, host-local the address), or chained after ptp, which
+// makes the veth and routes a default route through it. Both lease from
+// the world's IPAM dir, so the lease checks are the same.
+func criConflist(t *testing.T, w *world.World, chained bool) []byte {
+	t.Helper()
+	ipam := map[string]any{
+		"type":    "host-local",
+		"dataDir": w.IPAMDir(),
+		"ranges":  [][]map[string]string{{{"subnet": w.Subnet.String()}}},
+	}
+	p := criPaddock(w)
+	plugins := []any{p}
+	if chained {
+		ipam["routes"] = []map[string]string{{"dst": "0.0.0.0/0"}}
+		plugins = []any{map[string]any{"type": "ptp", "ipam": ipam}, p}
+	} else {
+		p["ipam"] = ipam
+	}
+	b, err := json.MarshalIndent(map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       w.NetworkName(),
+		"plugins":    plugins,
+	}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// startCRI is the common setup of the CRI tests: a world with criPolicies,
+// a ready paddockd, and containerd in node with criConflist.
+func startCRI(t *testing.T, chained bool) (*world.World, *world.Daemon, *criEnv) {
+	t.Helper()
 	world.RequireRoot(t)
 	requireContainerd(t)
 	w := newWorld(t)
@@ -49,30 +91,23 @@ func TestCRIContainerd(t *testing.T) {
 		}
 	}
 	d := readyDaemon(t, w)
-	conflist, err := w.ConfListBytes(world.SandboxOptions{CNIVersion: "1.0.0", Plugin: map[string]any{
-		"capabilities":    map[string]bool{"io.kubernetes.cri.pod-annotations": true},
-		"allowedPolicies": []plugin.PolicyGrant{{Namespaces: []string{"team-a"}, Policies: []string{"other"}}},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := startContainerd(t, w, conflist)
+	e := startContainerd(t, w, criConflist(t, w, chained))
+	e.chained = chained
+	return w, d, e
+}
 
-	t.Run("DefaultPolicyEnforced", func(t *testing.T) {
-		p := e.runPod(t, d, "team-a", "agent", nil)
-		assertCRIPolicy(t, d, p, "default")
-		e.startContainer(t, p, d.CADir)
-		e.expectReach(t, p, "allowed.test")
-		e.expectRefused(t, p, "blocked.test")
-		e.expectRefused(t, p, "other.test")
-		// What the proxy cannot carry is dropped on the node, never
-		// forwarded: the leak detector checks it at the end.
-		out, err := e.execIn(p.Container, 30*time.Second, "ping", "-c", "1", "-W", "2", world.EchoAddr.String())
-		if err == nil || !strings.Contains(out, "0 packets received") {
-			t.Errorf("container ping %s: %v: %s, want it sent and unanswered", world.EchoAddr, err, out)
-		}
-		e.stopAndRemove(t, w, d, p)
-	})
+// TestCRIContainerd drives containerd's CRI with crictl, containerd running
+// contained in a world's node namespace with paddock as its pod network:
+// pods are registered and enforced, their containers reach allowed sites
+// only through the proxy, stopp and rmp leave nothing behind, the pod
+// annotation paddock.dev/policy selects a policy where allowedPolicies
+// permits it and fails runp where it does not, policySelectors choose a
+// policy by pod namespace and name, and containerd calls only ADD and DEL,
+// as KERNEL-FACTS.md records.
+func TestCRIContainerd(t *testing.T) {
+	w, d, e := startCRI(t, false)
+
+	t.Run("DefaultPolicyEnforced", func(t *testing.T) { e.defaultPolicyEnforced(t, d, "agent") })
 
 	t.Run("AnnotationPermitted", func(t *testing.T) {
 		p := e.runPod(t, d, "team-a", "annotated", map[string]string{plugin.PolicyAnnotation: "other"})
@@ -116,25 +151,79 @@ func TestCRIContainerd(t *testing.T) {
 		}
 	})
 
-	t.Run("VerbsAddDelOnly", func(t *testing.T) {
-		calls := e.verbs(t)
-		for _, c := range calls {
-			t.Logf("CNI %s container=%.12s netns=%q prevResult=%v", c.Command, c.ContainerID, c.Netns, c.PrevResult)
-			if c.Command != "ADD" && c.Command != "DEL" {
-				t.Errorf("containerd called %s; 1.6 is known to call only ADD and DEL", c.Command)
-			}
-		}
-		if len(calls) == 0 {
-			t.Error("the wrapper recorded no CNI call")
+	// The operator's selector, not the pod's author, gives CI runners
+	// their policy: no annotation, and both patterns must match.
+	t.Run("PolicySelector", func(t *testing.T) {
+		p := e.runPod(t, d, "ci", "runner-1", nil)
+		assertCRIPolicy(t, d, p, "ci")
+		e.startContainer(t, p, d.CADir)
+		e.expectReach(t, p, "echo.test")
+		e.expectRefused(t, p, "allowed.test")
+		e.stopAndRemove(t, w, d, p)
+		for _, pod := range [][2]string{{"ci", "builder"}, {"team-a", "runner-2"}} {
+			p := e.runPod(t, d, pod[0], pod[1], nil)
+			assertCRIPolicy(t, d, p, "default")
+			e.stopAndRemove(t, w, d, p)
 		}
 	})
+
+	t.Run("VerbsAddDelOnly", func(t *testing.T) { e.assertVerbsAddDel(t) })
 
 	w.AssertNoLeaks(t)
 }
 
+// TestCRIContainerdChained: paddock chained after ptp, as an operator adds
+// it to a routed pod network. ptp makes the veth and the lease, paddock
+// registers and polices ptp's host veth: the container reaches the allowed
+// site only through the proxy, and stopp/rmp leave neither paddock's
+// registration and nftables element nor ptp's veth and lease.
+func TestCRIContainerdChained(t *testing.T) {
+	w, d, e := startCRI(t, true)
+	t.Run("DefaultPolicyEnforced", func(t *testing.T) { e.defaultPolicyEnforced(t, d, "chained") })
+	t.Run("VerbsAddDelOnly", func(t *testing.T) { e.assertVerbsAddDel(t) })
+	w.AssertNoLeaks(t)
+}
+
+// defaultPolicyEnforced runs a pod under the network's policy: allowed.test
+// through the proxy, blocked.test and other.test refused, ping dropped on
+// the node; then stopp and rmp leave nothing.
+func (e *criEnv) defaultPolicyEnforced(t *testing.T, d *world.Daemon, name string) {
+	t.Helper()
+	p := e.runPod(t, d, "team-a", name, nil)
+	assertCRIPolicy(t, d, p, "default")
+	e.startContainer(t, p, d.CADir)
+	e.expectReach(t, p, "allowed.test")
+	e.expectRefused(t, p, "blocked.test")
+	e.expectRefused(t, p, "other.test")
+	// What the proxy cannot carry is dropped on the node, never
+	// forwarded: the leak detector checks it at the end.
+	out, err := e.execIn(p.Container, 30*time.Second, "ping", "-c", "1", "-W", "2", world.EchoAddr.String())
+	if err == nil || !strings.Contains(out, "0 packets received") {
+		t.Errorf("container ping %s: %v: %s, want it sent and unanswered", world.EchoAddr, err, out)
+	}
+	e.stopAndRemove(t, e.w, d, p)
+}
+
+// assertVerbsAddDel checks that containerd called paddock with ADD and DEL
+// only.
+func (e *criEnv) assertVerbsAddDel(t *testing.T) {
+	t.Helper()
+	calls := e.verbs(t)
+	for _, c := range calls {
+		t.Logf("CNI %s container=%.12s netns=%q prevResult=%v", c.Command, c.ContainerID, c.Netns, c.PrevResult)
+		if c.Command != "ADD" && c.Command != "DEL" {
+			t.Errorf("containerd called %s; 1.6 is known to call only ADD and DEL", c.Command)
+		}
+	}
+	if len(calls) == 0 {
+		t.Error("the wrapper recorded no CNI call")
+	}
+}
+
 // runPod starts a pod with crictl runp and checks what containerd and
-// paddock report for it: one ADD with its netns, a registration enforced
-// on every layer, the host veth in nftables.
+// paddock report for it: one ADD with its netns (and, chained, ptp's
+// result as prevResult), a registration enforced on every layer naming the
+// host veth (paddock's own, or ptp's when chained), that veth in nftables.
 func (e *criEnv) runPod(t *testing.T, d *world.Daemon, ns, name string, annotations map[string]string) *criPod {
 	t.Helper()
 	before := len(e.verbs(t))
@@ -147,7 +236,6 @@ func (e *criEnv) runPod(t *testing.T, d *world.Daemon, ns, name string, annotati
 	})
 	insp := e.inspectp(t, id)
 	p := &criPod{ID: id, Spec: spec, Key: key(e.w, id, "eth0"), Netns: insp.netns()}
-	p.HostVeth = plugin.HostVethName(p.Key)
 	if insp.Status.State != "SANDBOX_READY" {
 		t.Fatalf("pod %s state %s, want SANDBOX_READY", id, insp.Status.State)
 	}
@@ -155,8 +243,8 @@ func (e *criEnv) runPod(t *testing.T, d *world.Daemon, ns, name string, annotati
 		t.Fatalf("pod %s ip %q, want one in the paddock network %s", id, insp.Status.Network.IP, e.w.Subnet)
 	}
 	calls := e.verbs(t)[before:]
-	if len(calls) != 1 || calls[0].Command != "ADD" || calls[0].ContainerID != id || calls[0].Netns != p.Netns {
-		t.Errorf("CNI calls for runp %+v, want one ADD for %s in %s", calls, id, p.Netns)
+	if len(calls) != 1 || calls[0].Command != "ADD" || calls[0].ContainerID != id || calls[0].Netns != p.Netns || calls[0].PrevResult != e.chained {
+		t.Errorf("CNI calls for runp %+v, want one ADD for %s in %s, with a prevResult only when chained (%v)", calls, id, p.Netns, e.chained)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
@@ -164,6 +252,18 @@ func (e *criEnv) runPod(t *testing.T, d *world.Daemon, ns, name string, annotati
 	sb, err := d.Client().Get(ctx, p.Key)
 	if err != nil {
 		t.Fatalf("pod %s is not registered with paddockd: %v", id, err)
+	}
+	p.HostVeth = plugin.HostVethName(p.Key)
+	if e.chained {
+		// ptp names its host veth veth<random hex>; paddock must police
+		// that one and make none of its own.
+		p.HostVeth = sb.HostVeth
+		if !strings.HasPrefix(p.HostVeth, "veth") || !linkInNode(t, e.w, p.HostVeth) {
+			t.Errorf("chained registration names host veth %q, want ptp's veth in node", p.HostVeth)
+		}
+		if v := nodeVeths(t, e.w); len(v) != 0 {
+			t.Errorf("paddock made host veths %v in chained mode, want ptp's alone", v)
+		}
 	}
 	if sb.Enforced != "ok" || sb.HostVeth != p.HostVeth || !slices.Equal(sb.IPs, []netip.Prefix{netip.PrefixFrom(p.IP, e.w.Subnet.Bits())}) {
 		t.Errorf("registration %+v, want enforced ok, host veth %s, ip %s", sb, p.HostVeth, p.IP)
@@ -277,6 +377,9 @@ func (e *criEnv) stopAndRemove(t *testing.T, w *world.World, d *world.Daemon, p 
 func (e *criEnv) assertPodGone(t *testing.T, w *world.World, d *world.Daemon, p *criPod) {
 	t.Helper()
 	assertGone(t, w, d, p.Key, "")
+	if linkInNode(t, w, p.HostVeth) {
+		t.Errorf("host veth %s of pod %.12s left in node", p.HostVeth, p.ID)
+	}
 	for _, l := range leases(t, w) {
 		if l == p.IP.String() {
 			t.Errorf("lease %s of pod %.12s left", l, p.ID)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/paddock-sandbox/paddock/test/world"
+	"github.com/vishvananda/netlink"
 )
 
 // crictlModule is the crictl the CRI tests drive containerd with; it is
@@ -46,6 +47,7 @@ type criEnv struct {
 	cgroup    string // the pods' cgroup parent, unique to the test
 	verbLog   string // one line per CNI call the wrapper plugin saw
 	crictlCfg string
+	chained   bool // paddock runs after ptp in the conflist
 	proc      *exec.Cmd
 	exited    chan struct{}
 	logFile   *os.File
@@ -305,8 +307,13 @@ func startContainerd(t *testing.T, w *world.World, conflist []byte) *criEnv {
 	if err := os.Rename(loopback, filepath.Join(binDir, "loopback")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(filepath.Join(w.CNIPath(), "host-local"), filepath.Join(binDir, "host-local")); err != nil {
-		t.Fatal(err)
+	for _, p := range []string{"host-local", "ptp"} {
+		if _, err := os.Stat(filepath.Join(w.CNIPath(), p)); err != nil {
+			t.Skipf("containerd CRI tests need %s: run `make build` first (or set PADDOCK_BIN)", filepath.Join(w.CNIPath(), p))
+		}
+		if err := os.Symlink(filepath.Join(w.CNIPath(), p), filepath.Join(binDir, p)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	wrapper := fmt.Sprintf(verbWrapper, e.verbLog, filepath.Join(w.CNIPath(), "paddock"))
 	if err := os.WriteFile(filepath.Join(binDir, "paddock"), []byte(wrapper), 0o755); err != nil {
@@ -630,4 +637,26 @@ func (e *criEnv) execIn(id string, timeout time.Duration, argv ...string) (strin
 	cmd := exec.CommandContext(ctx, "nsenter", e.crictlArgs(append([]string{"exec", id}, argv...)...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// linkInNode reports whether node holds a link named name.
+func linkInNode(t *testing.T, w *world.World, name string) bool {
+	t.Helper()
+	found := false
+	err := w.InNode(func() error {
+		_, err := netlink.LinkByName(name)
+		var nf netlink.LinkNotFoundError
+		switch {
+		case err == nil:
+			found = true
+		case errors.As(err, &nf):
+		default:
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("look up link %s in node: %v", name, err)
+	}
+	return found
 }
