@@ -212,13 +212,13 @@ static __always_inline int handle_tcp(struct __sk_buff *skb, struct iphdr *ip, v
 		}
 		bpf_sk_release(sk);
 	}
-	// No connection: let the kernel answer (RST) locally, but only while a
-	// listener exists; otherwise the proxy is gone and we fail closed.
-	struct bpf_sock *lsn = bpf_map_lookup_elem(&paddock_lsn, &idx);
-	if (!lsn)
-		return deny(skb, PADDOCK_REASON_NO_LISTENER);
-	bpf_sk_release(lsn);
-	return redirected(skb);
+	// No connection of its own: the listener decides. A final ACK whose
+	// handshake ended in a SYN cookie (the SYN queue overflowed, e.g. another
+	// sandbox flooding SYNs) has no request socket, and only the listener
+	// can validate it; the kernel's own demux would find no socket on the
+	// original destination and reset it. Stray segments get the listener's
+	// reset. Without a listener we fail closed.
+	return assign_listener(skb, idx);
 }
 
 SEC("tcx/ingress")

@@ -42,6 +42,8 @@ func TestEscape(t *testing.T) {
 	t.Run("Resources", func(t *testing.T) { escResources(t, e) })
 	t.Run("ReloadKeepAlive", func(t *testing.T) { escReloadKeepAlive(t, e) })
 	t.Run("Identity", func(t *testing.T) { escIdentity(t, e) })
+	// Last: the half-open connections it leaves behind live for a while.
+	t.Run("SynFlood", func(t *testing.T) { escSynFlood(t, e) })
 	e.assertContained(t)
 }
 
@@ -56,6 +58,7 @@ func TestEscapeNftables(t *testing.T) {
 	t.Run("IPv6", func(t *testing.T) { escIPv6(t, e) })
 	t.Run("Lateral", func(t *testing.T) { escLateral(t, e) })
 	t.Run("Identity", func(t *testing.T) { escIdentity(t, e) })
+	t.Run("SynFlood", func(t *testing.T) { escSynFlood(t, e) })
 	e.assertContained(t)
 }
 
@@ -829,4 +832,35 @@ func escWaitFor(timeout time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// escSynFlood: a sandbox that fills the proxy listener's SYN queue (raw
+// SYNs, its own SYN-ACKs firewalled so its kernel sends no RST) pushes the
+// node into SYN cookies; the other sandbox's connections, whose handshakes
+// then end in a cookie, must still be accepted.
+func escSynFlood(t *testing.T, e *escEnv) {
+	out := e.py(t, e.a, `
+import subprocess
+subprocess.run(['nft','add table ip escflood'],capture_output=True)
+subprocess.run(['nft','add chain ip escflood in { type filter hook input priority 0 ; }'],capture_output=True)
+print(subprocess.run(['nft','add rule ip escflood in tcp flags & (syn|ack) == syn|ack drop'],capture_output=True,text=True))
+s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW); s.bind(('eth0',0))
+n=0; t0=time.time()
+for i in range(20000):
+    try: s.send(frame(ip4(SRC,WEB,6,tcp(SRC,WEB,10000+i,443,0x02,seq=i*7919))),); n+=1
+    except OSError: time.sleep(0.001)
+print('syns sent',n,'in',round(time.time()-t0,2),'s')
+`)
+	t.Log(out)
+	t.Cleanup(func() { _, _ = e.a.Exec(context.Background(), "nft", "delete", "table", "ip", "escflood") })
+	st, _ := e.w.ExecNode("nstat", "-az", "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtSyncookiesFailed", "TcpExtListenDrops")
+	start := time.Now()
+	res := e.curl(t, e.b, "https://allowed.test/")
+	took := time.Since(start)
+	st2, _ := e.w.ExecNode("nstat", "-az", "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv", "TcpExtSyncookiesFailed", "TcpExtListenDrops")
+	t.Logf("node counters before b's request:\n%s\nafter:\n%s", st, st2)
+	if !strings.Contains(res, "hello from allowed.test") || took > 5*time.Second {
+		t.Errorf("sandbox b during a's SYN flood: %s after %v", res, took.Round(time.Millisecond))
+	}
+	e.assertContained(t)
 }
