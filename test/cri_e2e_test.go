@@ -151,21 +151,7 @@ func TestCRIContainerd(t *testing.T) {
 		}
 	})
 
-	// The operator's selector, not the pod's author, gives CI runners
-	// their policy: no annotation, and both patterns must match.
-	t.Run("PolicySelector", func(t *testing.T) {
-		p := e.runPod(t, d, "ci", "runner-1", nil)
-		assertCRIPolicy(t, d, p, "ci")
-		e.startContainer(t, p, d.CADir)
-		e.expectReach(t, p, "echo.test")
-		e.expectRefused(t, p, "allowed.test")
-		e.stopAndRemove(t, w, d, p)
-		for _, pod := range [][2]string{{"ci", "builder"}, {"team-a", "runner-2"}} {
-			p := e.runPod(t, d, pod[0], pod[1], nil)
-			assertCRIPolicy(t, d, p, "default")
-			e.stopAndRemove(t, w, d, p)
-		}
-	})
+	t.Run("PolicySelector", func(t *testing.T) { e.policySelector(t, d) })
 
 	t.Run("VerbsAddDelOnly", func(t *testing.T) { e.assertVerbsAddDel(t) })
 
@@ -175,11 +161,13 @@ func TestCRIContainerd(t *testing.T) {
 // TestCRIContainerdChained: paddock chained after ptp, as an operator adds
 // it to a routed pod network. ptp makes the veth and the lease, paddock
 // registers and polices ptp's host veth: the container reaches the allowed
-// site only through the proxy, and stopp/rmp leave neither paddock's
-// registration and nftables element nor ptp's veth and lease.
+// site only through the proxy, policySelectors apply as in standalone
+// mode, and stopp/rmp leave neither paddock's registration and nftables
+// element nor ptp's veth and lease.
 func TestCRIContainerdChained(t *testing.T) {
 	w, d, e := startCRI(t, true)
 	t.Run("DefaultPolicyEnforced", func(t *testing.T) { e.defaultPolicyEnforced(t, d, "chained") })
+	t.Run("PolicySelector", func(t *testing.T) { e.policySelector(t, d) })
 	t.Run("VerbsAddDelOnly", func(t *testing.T) { e.assertVerbsAddDel(t) })
 	w.AssertNoLeaks(t)
 }
@@ -202,6 +190,25 @@ func (e *criEnv) defaultPolicyEnforced(t *testing.T, d *world.Daemon, name strin
 		t.Errorf("container ping %s: %v: %s, want it sent and unanswered", world.EchoAddr, err, out)
 	}
 	e.stopAndRemove(t, e.w, d, p)
+}
+
+// policySelector checks that the operator's selector, not the pod's author,
+// gives CI runners their policy: ci/runner-1 runs under "ci" without an
+// annotation and reaches only echo.test; a pod matching one pattern of the
+// two keeps the network's policy.
+func (e *criEnv) policySelector(t *testing.T, d *world.Daemon) {
+	t.Helper()
+	p := e.runPod(t, d, "ci", "runner-1", nil)
+	assertCRIPolicy(t, d, p, "ci")
+	e.startContainer(t, p, d.CADir)
+	e.expectReach(t, p, "echo.test")
+	e.expectRefused(t, p, "allowed.test")
+	e.stopAndRemove(t, e.w, d, p)
+	for _, pod := range [][2]string{{"ci", "builder"}, {"team-a", "runner-2"}} {
+		p := e.runPod(t, d, pod[0], pod[1], nil)
+		assertCRIPolicy(t, d, p, "default")
+		e.stopAndRemove(t, e.w, d, p)
+	}
 }
 
 // assertVerbsAddDel checks that containerd called paddock with ADD and DEL
