@@ -123,6 +123,7 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, c *httpCon
 		secrets = append(secrets, secret)
 		rec.Injected = append(rec.Injected, http.CanonicalHeaderKey(inj.Header))
 	}
+	cw.secrets = secrets
 	scheme := "http"
 	if c.tls {
 		scheme = "https"
@@ -154,7 +155,7 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, c *httpCon
 			if len(secrets) > 0 {
 				redactHeaders(resp.Header, secrets)
 				if resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-					resp.Body = newRedactReader(resp.Body, secrets)
+					resp.Body = &trailerRedactor{ReadCloser: newRedactReader(resp.Body, secrets), resp: resp, secrets: secrets}
 					resp.ContentLength = -1
 					resp.Header.Del("Content-Length")
 				}
@@ -188,11 +189,18 @@ func denyText(w http.ResponseWriter, code int, msg string) {
 // countingWriter records the status and counts body bytes to the sandbox.
 type countingWriter struct {
 	http.ResponseWriter
-	status int
-	n      int64
+	status  int
+	n       int64
+	secrets []string // injected into the request: redacted from 1xx headers
 }
 
 func (w *countingWriter) WriteHeader(code int) {
+	if code < 200 && len(w.secrets) > 0 {
+		// ReverseProxy copies informational responses (103 Early Hints)
+		// from the upstream straight into our header map, past
+		// ModifyResponse.
+		redactHeaders(w.Header(), w.secrets)
+	}
 	if w.status == 0 || w.status < 200 {
 		w.status = code
 	}

@@ -106,3 +106,21 @@ func (r *redactReader) partial() int {
 	}
 	return 0
 }
+
+// trailerRedactor redacts the response's trailers once its body is read to
+// the end: the client fills them in only then, and ReverseProxy copies them
+// to the sandbox after the body. gRPC carries its error messages (which
+// may quote a rejected key) there.
+type trailerRedactor struct {
+	io.ReadCloser
+	resp    *http.Response
+	secrets []string
+}
+
+func (r *trailerRedactor) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err == io.EOF {
+		redactHeaders(r.resp.Trailer, r.secrets)
+	}
+	return n, err
+}

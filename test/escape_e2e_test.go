@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -653,6 +655,30 @@ func escCredentials(t *testing.T, e *escEnv) {
 	} {
 		if out := e.curl(t, e.a, append([]string{"-i"}, args...)...); strings.Contains(out, escSecret) {
 			t.Errorf("curl %v: secret visible\n%s", args, out)
+		}
+	}
+	// A literal echo in a trailer or in a 103 Early Hints response.
+	for _, path := range []string{"/trailer", "/early"} {
+		var early []string
+		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			early = append(early, fmt.Sprint(code, h))
+			return nil
+		}}
+		ctx, cancel := context.WithTimeout(httptrace.WithClientTrace(context.Background(), trace), 5*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://cred.test"+path, nil)
+		resp, err := e.a.HTTPClient(e.caPool).Do(req)
+		if err != nil {
+			cancel()
+			t.Errorf("cred.test%s: %v", path, err)
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		seen := fmt.Sprint(resp.Header, resp.Trailer, string(body), early)
+		t.Logf("cred.test%s: %s", path, seen)
+		if strings.Contains(seen, escSecret) {
+			t.Errorf("cred.test%s: the secret came back: %s", path, seen)
 		}
 	}
 	// Out of scope, documented: an upstream that transforms the secret

@@ -406,6 +406,19 @@ func startEscUpstream(t *testing.T, w *world.World) {
 		rw.Header().Set("X-Half", k[:len(k)/2])
 		fmt.Fprintln(rw, k[len(k)/2:])
 	})
+	// An API error often quotes the key it rejected: in a trailer (gRPC
+	// status messages travel there) and in an informational response.
+	mux.HandleFunc("/trailer", func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Trailer", "X-Error")
+		fmt.Fprintln(rw, "body")
+		rw.Header().Set("X-Error", "invalid key "+r.Header.Get("X-Api-Key"))
+	})
+	mux.HandleFunc("/early", func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("X-Hint", "key="+r.Header.Get("X-Api-Key"))
+		rw.WriteHeader(http.StatusEarlyHints)
+		rw.Header().Del("X-Hint")
+		fmt.Fprintln(rw, "done")
+	})
 	mux.HandleFunc("/redirect", func(rw http.ResponseWriter, r *http.Request) {
 		http.Redirect(rw, r, "https://other.test/echo-secret", http.StatusFound)
 	})
