@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/test/testutil"
 )
 
 // startTap runs `tcpdump -i nflog:group` beside the drop logger and
@@ -107,7 +108,7 @@ add rule inet paddocktest pre meta l4proto 253 meta mark set %#x`,
 
 	var known atomic.Bool
 	known.Store(true)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	reg := prometheus.NewRegistry()
 	path := filepath.Join(t.TempDir(), "log", DropsFile)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,7 +1,6 @@
 package enforcer
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/test/testutil"
 )
 
 var updateGolden = flag.Bool("update-golden", false, "rewrite enforcer/testdata/*.golden")
@@ -223,29 +222,11 @@ func TestFirewallBadInput(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink read while Watch writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestFirewallWatchRestores(t *testing.T) {
 	if nftInNodeNetns(t) {
 		return
 	}
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	reg := prometheus.NewRegistry()
 	f := newTestFirewall(t, FirewallConfig{Mode: RedirectBPF, Metrics: reg, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	sb := api.Sandbox{Network: "n", ContainerID: "abc", IfName: "eth0", HostVeth: "pdwatch0"}

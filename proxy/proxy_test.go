@@ -27,31 +27,15 @@ import (
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
 	"github.com/paddock-sandbox/paddock/proxy/policy"
+	"github.com/paddock-sandbox/paddock/test/testutil"
 )
 
 // syncBuffer is an audit sink tests can read while the proxy writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer struct{ testutil.SyncBuffer }
 
 func (s *syncBuffer) records(t *testing.T) []AuditRecord {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []AuditRecord
-	for _, l := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(s.String()), "\n") {
 		if l == "" {
 			continue
 		}

@@ -9,11 +9,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/test/testutil"
 	"github.com/paddock-sandbox/paddock/test/world"
 )
 
@@ -51,7 +51,7 @@ func startPaddockd(t *testing.T) (*world.World, string) {
 	args := append([]string{"--net=" + w.NodePath(), "--", bin}, w.DefaultDaemonFlags()...)
 	args = append(args, "--metrics-addr", "", "--proxy-metrics-addr", "")
 	cmd := exec.Command("nsenter", args...)
-	var stderr syncBuffer
+	var stderr testutil.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -77,23 +77,6 @@ func startPaddockd(t *testing.T) (*world.World, string) {
 			t.Fatalf("paddockd not ready within 15s:\n%s", stderr.String())
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestStatusAgainstPaddockd(t *testing.T) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/test/testutil"
 	"github.com/paddock-sandbox/paddock/test/world"
 )
 
@@ -68,26 +68,9 @@ func TestMain(m *testing.M) {
 type daemon struct {
 	cmd    *exec.Cmd
 	socket string
-	stderr *syncBuffer
+	stderr *testutil.SyncBuffer
 	done   chan struct{}
 	err    error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // newWorld builds a world (skipping unless root) with a default policy, so
@@ -150,7 +133,7 @@ func startDaemon(t *testing.T, w *world.World, dir string, extra ...string) *dae
 // namespace (not `ip netns exec`, which would hide /sys/fs/bpf).
 func launch(t *testing.T, w *world.World, dir string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{socket: socketPath(dir), stderr: &syncBuffer{}, done: make(chan struct{})}
+	d := &daemon{socket: socketPath(dir), stderr: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	args := append([]string{"--net=" + w.NodePath(), "--", paddockdBinary(t)}, daemonFlags(w, dir, extra...)...)
 	d.cmd = exec.Command("nsenter", args...)
 	d.cmd.Stderr = d.stderr
