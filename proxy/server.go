@@ -222,15 +222,7 @@ func (s *Server) serveOpaque(conn net.Conn, m *connMeta) {
 		host = m.dst.Addr().String()
 	}
 	up, err := s.opt.Dialer.Dial(ctx, host, m.port, v.Rule.AllowPrivate)
-	if err != nil {
-		r.Decision, r.Error = "deny", err.Error()
-		s.finish(r, start)
-		reset(m.raw)
-		return
-	}
-	r.Decision = "allow"
-	r.BytesUp, r.BytesDown = splice(conn, up)
-	s.finish(r, start)
+	s.relay(conn, up, err, m, r, start)
 }
 
 // splice copies both ways with half-close and returns bytes client→upstream
@@ -340,8 +332,15 @@ func (s *Server) servePassthrough(conn net.Conn, m *connMeta, host string, v Ver
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	up, err := s.opt.Dialer.Dial(ctx, host, m.port, v.Rule.AllowPrivate)
 	cancel()
-	if err != nil {
-		r.Decision, r.Error = "deny", err.Error()
+	s.relay(conn, up, err, m, r, start)
+}
+
+// relay ends an allowed connection the same way for every kind: a failed
+// upstream dial is a deny (audited, client reset), otherwise the bytes are
+// spliced both ways and audited with their counts.
+func (s *Server) relay(conn, up net.Conn, dialErr error, m *connMeta, r *AuditRecord, start time.Time) {
+	if dialErr != nil {
+		r.Decision, r.Error = "deny", dialErr.Error()
 		s.finish(r, start)
 		reset(m.raw)
 		return
