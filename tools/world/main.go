@@ -89,6 +89,16 @@ func load(name string) (world.State, error) {
 	return st, nil
 }
 
+// attach reopens the world `up` saved under name; every command but down
+// (which must also clear away a partly gone world) needs all of it.
+func attach(name string) (*world.World, error) {
+	st, err := load(name)
+	if err != nil {
+		return nil, err
+	}
+	return world.Attach(stderrLog{}, st)
+}
+
 func save(name string, st world.State) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
@@ -188,11 +198,7 @@ func startServe(name, dir string) (int, error) {
 func serve(args []string) error {
 	fs, name := flags("serve")
 	_ = fs.Parse(args)
-	st, err := load(*name)
-	if err != nil {
-		return err
-	}
-	w, err := world.Attach(stderrLog{}, st)
+	w, err := attach(*name)
 	if err != nil {
 		return err
 	}
@@ -200,7 +206,7 @@ func serve(args []string) error {
 		return err
 	}
 	defer w.StopServices()
-	if err := os.WriteFile(filepath.Join(st.Dir, "serve.ready"), nil, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(w.Dir, "serve.ready"), nil, 0o644); err != nil {
 		return err
 	}
 	sig := make(chan os.Signal, 1)
@@ -215,7 +221,7 @@ func serve(args []string) error {
 		case <-tick.C:
 			if l := w.Leaks(); len(l) != written {
 				written = len(l)
-				_ = os.WriteFile(filepath.Join(st.Dir, "leaks.txt"), []byte(strings.Join(l, "\n")), 0o644)
+				_ = os.WriteFile(filepath.Join(w.Dir, "leaks.txt"), []byte(strings.Join(l, "\n")), 0o644)
 			}
 		}
 	}
@@ -338,11 +344,7 @@ func add(args []string) error {
 	if fs.NArg() != 1 {
 		return errors.New("want: add [-name dev] [-policy P] SANDBOX")
 	}
-	st, err := load(*name)
-	if err != nil {
-		return err
-	}
-	w, err := world.Attach(stderrLog{}, st)
+	w, err := attach(*name)
 	if err != nil {
 		return err
 	}
@@ -363,11 +365,7 @@ func del(args []string) error {
 	if fs.NArg() != 1 {
 		return errors.New("want: del [-name dev] SANDBOX")
 	}
-	st, err := load(*name)
-	if err != nil {
-		return err
-	}
-	w, err := world.Attach(stderrLog{}, st)
+	w, err := attach(*name)
 	if err != nil {
 		return err
 	}
