@@ -23,6 +23,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/test/testutil"
 )
 
 // This file is the test world for the integration tests: the compiled
@@ -30,46 +31,24 @@ import (
 // runs (as under a runtime), sandbox netnses, and a fake paddockd serving
 // the real API over a Unix socket.
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
+var bins = testutil.Binaries{Pattern: "paddock-cni-bin-", Bins: []testutil.Bin{
+	{Name: "paddock", Pkg: "github.com/paddock-sandbox/paddock/cmd/paddock-cni"},
+	{Name: "host-local", Pkg: "github.com/containernetworking/plugins/plugins/ipam/host-local"},
+	{Name: "ptp", Pkg: "github.com/containernetworking/plugins/plugins/main/ptp"},
+	{Name: "bridge", Pkg: "github.com/containernetworking/plugins/plugins/main/bridge"},
+	{Name: "macvlan", Pkg: "github.com/containernetworking/plugins/plugins/main/macvlan"},
+}}
 
 // cniBins builds paddock, host-local and the primaries of the chained
 // tests once per test binary.
 func cniBins(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "paddock-cni-bin-")
-		if buildErr != nil {
-			return
-		}
-		for _, b := range [][2]string{
-			{"paddock", "github.com/paddock-sandbox/paddock/cmd/paddock-cni"},
-			{"host-local", "github.com/containernetworking/plugins/plugins/ipam/host-local"},
-			{"ptp", "github.com/containernetworking/plugins/plugins/main/ptp"},
-			{"bridge", "github.com/containernetworking/plugins/plugins/main/bridge"},
-			{"macvlan", "github.com/containernetworking/plugins/plugins/main/macvlan"},
-		} {
-			out, err := exec.Command("go", "build", "-buildvcs=false", "-o", filepath.Join(binDir, b[0]), b[1]).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", b[1], err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binDir
+	return bins.Dir(t)
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	bins.Remove()
 	os.Exit(code)
 }
 
