@@ -163,20 +163,33 @@ func buildImage(t *testing.T, path string) {
 // lddPath matches the library paths in ldd's output.
 var lddPath = regexp.MustCompile(`(?m)(/\S+) \(0x`)
 
-// imageLayer is the image's only layer: busybox with the applets the tests
-// use, curl and every library ldd names for it, and empty mount points.
-func imageLayer() ([]byte, error) {
-	curl, err := exec.LookPath("curl")
+// curlAndLibs returns the host's curl and every library ldd names for it:
+// what a container root (the CRI image, the podman rootfs) needs to run it.
+func curlAndLibs() (curl string, libs []string, err error) {
+	curl, err = exec.LookPath("curl")
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	out, err := exec.Command("ldd", curl).Output()
 	if err != nil {
-		return nil, fmt.Errorf("ldd %s: %w", curl, err)
+		return "", nil, fmt.Errorf("ldd %s: %w", curl, err)
+	}
+	for _, m := range lddPath.FindAllStringSubmatch(string(out), -1) {
+		libs = append(libs, m[1])
+	}
+	return curl, libs, nil
+}
+
+// imageLayer is the image's only layer: busybox with the applets the tests
+// use, curl and every library ldd names for it, and empty mount points.
+func imageLayer() ([]byte, error) {
+	curl, libs, err := curlAndLibs()
+	if err != nil {
+		return nil, err
 	}
 	files := map[string]string{"bin/busybox": "/bin/busybox", "usr/bin/curl": curl}
-	for _, m := range lddPath.FindAllStringSubmatch(string(out), -1) {
-		files[strings.TrimPrefix(m[1], "/")] = m[1]
+	for _, lib := range libs {
+		files[strings.TrimPrefix(lib, "/")] = lib
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)

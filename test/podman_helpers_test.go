@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
 	"github.com/paddock-sandbox/paddock/test/world"
@@ -160,19 +159,18 @@ func buildPodmanRootfs(t *testing.T, root string) {
 		}
 	}
 	busybox, _ := exec.LookPath("busybox")
-	curl, _ := exec.LookPath("curl")
 	podmanCopyFile(t, busybox, filepath.Join(root, "bin/busybox"))
 	for _, a := range []string{"sh", "sleep", "cat", "ip"} {
 		if err := os.Symlink("busybox", filepath.Join(root, "bin", a)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	podmanCopyFile(t, curl, filepath.Join(root, "bin/curl"))
-	out, err := exec.Command("ldd", curl).Output()
+	curl, libs, err := curlAndLibs()
 	if err != nil {
-		t.Fatalf("ldd %s: %v", curl, err)
+		t.Fatal(err)
 	}
-	for _, lib := range regexp.MustCompile(`(/\S+)`).FindAllString(string(out), -1) {
+	podmanCopyFile(t, curl, filepath.Join(root, "bin/curl"))
+	for _, lib := range libs {
 		podmanCopyFile(t, lib, filepath.Join(root, lib))
 	}
 	if out, err := exec.Command("cp", "-rL", "/etc/ssl", filepath.Join(root, "etc/ssl")).CombinedOutput(); err != nil {
@@ -396,23 +394,7 @@ func (e *podmanEnv) assertNoSandboxIfs(t *testing.T) {
 // hasLink reports whether node holds a link of that name.
 func (e *podmanEnv) hasLink(t *testing.T, name string) bool {
 	t.Helper()
-	found := false
-	err := e.w.InNode(func() error {
-		_, err := netlink.LinkByName(name)
-		var nf netlink.LinkNotFoundError
-		switch {
-		case err == nil:
-			found = true
-		case errors.As(err, &nf):
-		default:
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("look up %s in node: %v", name, err)
-	}
-	return found
+	return linkInNode(t, e.w, name)
 }
 
 // cleanup removes every container (their DELs run while paddockd is still
