@@ -39,6 +39,9 @@ type Options struct {
 	UpstreamRoots *x509.CertPool
 	ExplicitPort  int           // default DefaultExplicitPort
 	PeekTimeout   time.Duration // how long a client may stay silent before it counts as opaque TCP; default 2s
+	// MaxConnsPerSandbox bounds one sandbox's open connections; more are
+	// reset at once. Default DefaultMaxConnsPerSandbox.
+	MaxConnsPerSandbox int
 }
 
 // Server is the proxy's data path. It implements the enforcer's ConnHandler
@@ -47,6 +50,7 @@ type Server struct {
 	opt        Options
 	log        *slog.Logger
 	transports map[bool]*http.Transport // by allowPrivate
+	conns      *connLimiter
 }
 
 // NewServer checks opt and builds a Server.
@@ -82,7 +86,7 @@ func NewServer(opt Options) (*Server, error) {
 			}
 		}
 	}
-	s := &Server{opt: opt, log: opt.Log, transports: map[bool]*http.Transport{}}
+	s := &Server{opt: opt, log: opt.Log, transports: map[bool]*http.Transport{}, conns: newConnLimiter(opt.MaxConnsPerSandbox)}
 	for _, priv := range []bool{false, true} {
 		s.transports[priv] = s.newTransport(priv)
 	}
@@ -176,6 +180,17 @@ func (s *Server) ServeConn(conn net.Conn, sb api.Sandbox, orig netip.AddrPort) {
 		reset(conn)
 		return
 	}
+	ok, first := s.conns.acquire(sb.HostVeth)
+	if !ok {
+		if first {
+			r := s.record(m, "tcp")
+			r.Decision, r.Error = "deny", fmt.Sprintf("over %d open connections from this sandbox: new ones are reset until some close (reported once per run)", s.conns.max)
+			s.finish(r, time.Now())
+		}
+		reset(conn)
+		return
+	}
+	defer s.conns.release(sb.HostVeth)
 	if orig.Addr().Unmap() == sb.Gateway.Unmap() && int(orig.Port()) == s.opt.ExplicitPort {
 		s.serveExplicitConn(conn, m)
 		return

@@ -713,13 +713,13 @@ func escResources(t *testing.T, e *escEnv) {
 		out := e.py(t, e.a, `
 import resource
 resource.setrlimit(resource.RLIMIT_NOFILE,(8192,8192))
+slow=socket.create_connection((WEB,443),timeout=3); h=b'\x16\x03\x01\x00\x80'
 conns=[]
 for i in range(2000):
     s=socket.socket(); s.setblocking(False)
     try: s.connect((WEB,443))
     except BlockingIOError: pass
     conns.append(s)
-slow=socket.create_connection((WEB,443),timeout=3); h=b'\x16\x03\x01\x00\x80'
 print('opened',len(conns),flush=True)
 t0=time.time(); i=0
 while time.time()-t0<5:
@@ -762,6 +762,43 @@ print('dns flood: sent',sent,'in 4 s')
 		t.Errorf("sandbox b while a floods the DNS guard: %s after %v", out, took)
 	}
 	t.Logf("b's lookup and request while a floods the DNS guard: %v; %s", took.Round(time.Millisecond), strings.TrimSpace((<-done).out))
+	// Thousands of connections held open with a request that never ends its
+	// headers (the proxy waits up to ReadHeaderTimeout for each): without a
+	// per-sandbox cap each pins one of the proxy's file descriptors, which
+	// every sandbox shares; enough of them and nobody is accepted.
+	fdsBefore := e.proxyFDs(t)
+	go func() {
+		done <- result{e.py(t, e.a, `
+import resource
+soft,hard=resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE,(hard,hard))
+want=min(hard-100, 4000); p=select.poll(); pending={}; held=[]; t0=time.time(); opened=0
+while time.time()-t0<3 and (opened<want or pending):
+    while opened<want and len(pending)<2000:
+        s=socket.socket(); s.setblocking(False)
+        try: s.connect((WEB,80))
+        except BlockingIOError: pass
+        except OSError as ex: print('connect:',ex); opened=want; break
+        pending[s.fileno()]=s; p.register(s,select.POLLOUT); opened+=1
+    for fd,ev in p.poll(50):
+        s=pending.pop(fd); p.unregister(fd)
+        try: s.send(b'GET / HTTP/1.1\r\nHost: allowed.test\r\n'); held.append(s)
+        except OSError: s.close()
+print('held',len(held),'connections of',opened,'opened in',round(time.time()-t0,1),'s',flush=True)
+time.sleep(max(0,5.5-(time.time()-t0)))
+`)}
+	}()
+	time.Sleep(3500 * time.Millisecond)
+	fdsHeld := e.proxyFDs(t)
+	if limit := fdsBefore + proxy.DefaultMaxConnsPerSandbox + 200; fdsHeld > limit {
+		t.Errorf("one sandbox pins %d of the proxy's file descriptors (%d before): want at most about %d (the per-sandbox cap)", fdsHeld-fdsBefore, fdsBefore, proxy.DefaultMaxConnsPerSandbox)
+	}
+	start = time.Now()
+	out = e.curl(t, e.b, "https://allowed.test/")
+	took = time.Since(start)
+	if !strings.Contains(out, "hello from allowed.test") || took > 5*time.Second {
+		t.Errorf("sandbox b while a holds connections by the thousand: %s after %v", out, took)
+	}
+	t.Logf("b's request while a holds connections by the thousand: %v; %s; proxy fds %d -> %d", took.Round(time.Millisecond), strings.TrimSpace((<-done).out), fdsBefore, fdsHeld)
 	// A connection that says nothing is decided after PeekTimeout (2 s).
 	out = e.py(t, e.a, `
 s=socket.create_connection((WEB,443),timeout=6); t0=time.time()

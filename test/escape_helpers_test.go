@@ -492,3 +492,39 @@ func escECHConfigList(t *testing.T, publicName string) []byte {
 	list.Write(cfg.Bytes())
 	return list.Bytes()
 }
+
+// proxyFDs counts the open file descriptors of the proxy process below
+// this world's paddockd.
+func (e *escEnv) proxyFDs(t *testing.T) int {
+	t.Helper()
+	ppid := func(pid string) string {
+		b, _ := os.ReadFile("/proc/" + pid + "/stat")
+		// pid (comm) state ppid ...: comm may hold spaces, so split after ")".
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
+			if f := strings.Fields(string(b[i+1:])); len(f) > 1 {
+				return f[1]
+			}
+		}
+		return ""
+	}
+	root := fmt.Sprint(e.d.Pid())
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, c := range procs {
+		argv, _ := os.ReadFile(c)
+		if !strings.HasPrefix(string(argv), "paddock-proxy\x00") {
+			continue
+		}
+		pid := filepath.Base(filepath.Dir(c))
+		for p, i := ppid(pid), 0; p != "" && p != "0" && i < 5; p, i = ppid(p), i+1 {
+			if p == root {
+				fds, err := os.ReadDir("/proc/" + pid + "/fd")
+				if err != nil {
+					t.Fatalf("proxy fds: %v", err)
+				}
+				return len(fds)
+			}
+		}
+	}
+	t.Fatalf("no paddock-proxy process below paddockd %s", root)
+	return 0
+}
