@@ -165,13 +165,7 @@ func TestEnforcerNftTableDeleted(t *testing.T) {
 			if !waitFor(dropWait, func() bool { return stderrHas(t, e.d, "nftables table paddock was removed") }) {
 				t.Error("paddockd logged no alert about the removed table")
 			}
-			if out, err := sendUDP(sb, "192.0.2.24", 7); err != nil {
-				t.Fatalf("send udp: %v: %s", err, out)
-			}
-			e.expectDropOnce(t, sb, "192.0.2.24", "udp")
-			_, _ = curlTLS(sb, "203.0.113.98", 443)
-			e.waitAudit(t, sb, "203.0.113.98:443")
-			e.w.AssertNoLeaks(t)
+			e.expectEnforcing(t, sb, "192.0.2.24", "203.0.113.98")
 		})
 	}
 }
@@ -226,13 +220,7 @@ func TestEnforcerSurvivesKill9(t *testing.T) {
 			if err != nil || len(list) != 1 || list[0].Enforced != "ok" {
 				t.Errorf("after restart: %+v %v", list, err)
 			}
-			if out, err := sendUDP(sb, "192.0.2.25", 7); err != nil {
-				t.Fatalf("send udp: %v: %s", err, out)
-			}
-			e.expectDropOnce(t, sb, "192.0.2.25", "udp")
-			_, _ = curlTLS(sb, "203.0.113.97", 443)
-			e.waitAudit(t, sb, "203.0.113.97:443")
-			e.w.AssertNoLeaks(t)
+			e.expectEnforcing(t, sb, "192.0.2.25", "203.0.113.97")
 		})
 	}
 }

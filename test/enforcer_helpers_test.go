@@ -171,6 +171,20 @@ func (e *enfEnv) waitDrops(t *testing.T, match func(dropLine) bool) []dropLine {
 	return sel()
 }
 
+// expectEnforcing proves sb is enforced again after a disruption: a UDP
+// datagram to dropDst is dropped and logged exactly once, a TLS connection to
+// tlsIP:443 goes through the proxy and is audited, and nothing leaked.
+func (e *enfEnv) expectEnforcing(t *testing.T, sb *world.Sandbox, dropDst, tlsIP string) {
+	t.Helper()
+	if out, err := sendUDP(sb, dropDst, 7); err != nil {
+		t.Fatalf("send udp: %v: %s", err, out)
+	}
+	e.expectDropOnce(t, sb, dropDst, "udp")
+	_, _ = curlTLS(sb, tlsIP, 443)
+	e.waitAudit(t, sb, tlsIP+":443")
+	e.w.AssertNoLeaks(t)
+}
+
 // expectDropOnce asserts that exactly one drop of sb to dst with reason was
 // logged.
 func (e *enfEnv) expectDropOnce(t *testing.T, sb *world.Sandbox, dst, reason string) {
