@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -50,21 +49,9 @@ func (e *env) escape(flags []string, argv ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), escapeTimeout)
 	defer cancel()
 	args := append([]string{"run", "--network", "none", "--state-dir", e.state, "--mount", probeDir + ":/probe"}, flags...)
-	cmd := exec.CommandContext(ctx, paddockBin, append(append(args, "--"), argv...)...)
-	cmd.Dir = e.ws
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	err := cmd.Run()
+	r := e.paddockCtx(ctx, append(append(args, "--"), argv...)...)
 	if ctx.Err() != nil {
-		e.t.Fatalf("paddock run %v: not done after %s\nstdout: %s\nstderr: %s", argv, escapeTimeout, so.String(), se.String())
-	}
-	r := result{stdout: so.String(), stderr: se.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		e.t.Fatalf("paddock run %v: %v", argv, err)
+		e.t.Fatalf("paddock run %v: not done after %s\nstdout: %s\nstderr: %s", argv, escapeTimeout, r.stdout, r.stderr)
 	}
 	return r
 }

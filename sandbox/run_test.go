@@ -82,6 +82,14 @@ func (e *env) paddock(args ...string) result {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	return e.paddockCtx(ctx, args...)
+}
+
+// paddockCtx runs the paddock CLI in the workspace until it exits or ctx
+// ends, returning its output and exit code; only failing to start it fails
+// the test.
+func (e *env) paddockCtx(ctx context.Context, args ...string) result {
+	e.t.Helper()
 	cmd := exec.CommandContext(ctx, paddockBin, args...)
 	cmd.Dir = e.ws
 	var so, se bytes.Buffer
