@@ -18,11 +18,11 @@ type connLimiter struct {
 	noted map[string]bool // the current run of refusals has been reported
 }
 
-func newConnLimiter(max int) *connLimiter {
-	if max <= 0 {
-		max = DefaultMaxConnsPerSandbox
+func newConnLimiter(limit int) *connLimiter {
+	if limit <= 0 {
+		limit = DefaultMaxConnsPerSandbox
 	}
-	return &connLimiter{max: max, open: map[string]int{}, noted: map[string]bool{}}
+	return &connLimiter{max: limit, open: map[string]int{}, noted: map[string]bool{}}
 }
 
 // acquire counts a connection for key unless key is at the cap. When it

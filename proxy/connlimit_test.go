@@ -1,6 +1,12 @@
 package proxy
 
-import "testing"
+import (
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
 
 // TestConnLimiter: a sandbox gets max connections, then refusals (the first
 // reported), and a slot back when one closes; others are not affected.
@@ -30,4 +36,52 @@ func TestConnLimiter(t *testing.T) {
 	if len(l.open) != 0 {
 		t.Fatalf("counts left after every connection closed: %v", l.open)
 	}
+}
+
+// TestLimitListener: connections from one source beyond the cap are reset
+// at accept; closing one frees its slot.
+func TestLimitListener(t *testing.T) {
+	inner, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &limitListener{Listener: inner, lim: newConnLimiter(2)}
+	defer l.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	var clients []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp4", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	first, second := <-accepted, <-accepted
+	_ = clients[2].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := clients[2].Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("third connection over the cap: read %v, want a reset", err)
+	}
+	first.Close()
+	c, err := net.Dial("tcp4", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case c4 := <-accepted:
+		c4.Close()
+	case <-time.After(2 * time.Second):
+		t.Fatal("no slot back after a connection closed")
+	}
+	second.Close()
 }

@@ -42,6 +42,9 @@ type DNSGuard struct {
 	// guard answers REFUSED at once.
 	Rate  float64
 	Burst int
+	// MaxTCPConns bounds one source's open DNS-over-TCP connections
+	// (default DefaultDNSTCPConns).
+	MaxTCPConns int
 
 	limitOnce sync.Once
 	limiter   *dnsLimiter
@@ -252,6 +255,11 @@ func (g *DNSGuard) refuseUnparsable(conn *net.UDPConn, pkt []byte, src, dst neti
 // ServeTCP answers DNS over TCP on l (accepted sockets' local address is the
 // original destination) until ctx ends.
 func (g *DNSGuard) ServeTCP(ctx context.Context, l net.Listener) error {
+	limit := g.MaxTCPConns
+	if limit <= 0 {
+		limit = DefaultDNSTCPConns
+	}
+	l = &limitListener{Listener: l, lim: newConnLimiter(limit), log: g.Log}
 	srv := &dns.Server{Listener: l, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		src, _ := netip.ParseAddrPort(w.RemoteAddr().String())
 		dst, _ := netip.ParseAddrPort(w.LocalAddr().String())

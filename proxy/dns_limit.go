@@ -1,6 +1,10 @@
 package proxy
 
 import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -72,4 +76,50 @@ func (l *dnsLimiter) prune(now time.Time) {
 			delete(l.buckets, k)
 		}
 	}
+}
+
+// DefaultDNSTCPConns bounds the DNS-over-TCP connections one source address
+// holds open in the guard: each is a file descriptor of the proxy process,
+// kept for as long as a question arrives now and then.
+const DefaultDNSTCPConns = 64
+
+// limitListener resets accepted connections beyond a per-source-address
+// cap. Sources are sandbox addresses, which the data path keeps unspoofed.
+type limitListener struct {
+	net.Listener
+	lim *connLimiter
+	log *slog.Logger
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		key := c.RemoteAddr().String()
+		if ap, err := netip.ParseAddrPort(key); err == nil {
+			key = ap.Addr().String()
+		}
+		ok, first := l.lim.acquire(key)
+		if !ok {
+			if first && l.log != nil {
+				l.log.Warn("dns tcp connections over the cap", "src", key, "reason", fmt.Sprintf("over %d open connections: new ones are reset", l.lim.max))
+			}
+			reset(c)
+			continue
+		}
+		return &limitedConn{Conn: c, release: func() { l.lim.release(key) }}, nil
+	}
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
 }

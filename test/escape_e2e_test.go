@@ -799,6 +799,38 @@ time.sleep(max(0,5.5-(time.time()-t0)))
 		t.Errorf("sandbox b while a holds connections by the thousand: %s after %v", out, took)
 	}
 	t.Logf("b's request while a holds connections by the thousand: %v; %s; proxy fds %d -> %d", took.Round(time.Millisecond), strings.TrimSpace((<-done).out), fdsBefore, fdsHeld)
+	// The same with DNS over TCP: one question per connection, then idle.
+	fdsBefore = e.proxyFDs(t)
+	go func() {
+		done <- result{e.py(t, e.a, `
+import resource
+soft,hard=resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE,(hard,hard))
+q=b'\x00\x1e'+struct.pack('!HHHHHH',7,0x100,1,0,0,0)+b'\x07allowed\x04test\x00'+struct.pack('!HH',1,1)
+want=3000; p=select.poll(); pending={}; held=[]; t0=time.time(); opened=0
+while time.time()-t0<3 and (opened<want or pending):
+    while opened<want and len(pending)<1000:
+        s=socket.socket(); s.setblocking(False)
+        try: s.connect((WEB,53))
+        except BlockingIOError: pass
+        pending[s.fileno()]=s; p.register(s,select.POLLOUT); opened+=1
+    for fd,ev in p.poll(50):
+        s=pending.pop(fd); p.unregister(fd)
+        try: s.send(q); held.append(s)
+        except OSError: s.close()
+print('dns tcp: sent a question on',len(held),'of',opened,'connections in',round(time.time()-t0,1),'s',flush=True)
+time.sleep(max(0,5.5-(time.time()-t0)))
+`)}
+	}()
+	time.Sleep(3500 * time.Millisecond)
+	fdsHeld = e.proxyFDs(t)
+	if limit := fdsBefore + proxy.DefaultMaxConnsPerSandbox + 200; fdsHeld > limit {
+		t.Errorf("DNS over TCP: one sandbox pins %d of the proxy's file descriptors (%d before)", fdsHeld-fdsBefore, fdsBefore)
+	}
+	out = e.curl(t, e.b, "https://allowed.test/")
+	if !strings.Contains(out, "hello from allowed.test") {
+		t.Errorf("sandbox b while a holds DNS-over-TCP connections: %s", out)
+	}
+	t.Logf("%s; proxy fds %d -> %d", strings.TrimSpace((<-done).out), fdsBefore, fdsHeld)
 	// A connection that says nothing is decided after PeekTimeout (2 s).
 	out = e.py(t, e.a, `
 s=socket.create_connection((WEB,443),timeout=6); t0=time.time()
