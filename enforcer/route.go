@@ -96,33 +96,33 @@ func routeMissing(want *netlink.Route) (bool, error) {
 // ensureRoutes installs the redirect rule, the local route and the deny
 // blackhole rule where missing. Running it again changes nothing.
 func ensureRoutes() error {
-	rt, err := localRoute()
-	if err != nil {
-		return err
-	}
-	if missing, err := routeMissing(rt); err != nil {
-		return err
-	} else if missing {
+	return forMissingRouting(func(rt *netlink.Route) error {
 		if err := netlink.RouteReplace(rt); err != nil {
 			return fmt.Errorf("add local 0.0.0.0/0 dev lo table %d: %w", RouteTable, err)
 		}
-	}
-	for _, r := range []*netlink.Rule{redirectRule(), blackholeRule(), blackholeRule6()} {
-		missing, err := ruleMissing(r)
-		if err != nil {
-			return err
+		return nil
+	}, func(r *netlink.Rule) error {
+		if err := netlink.RuleAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add ip rule %s: %w", describeRule(r), err)
 		}
-		if missing {
-			if err := netlink.RuleAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("add ip rule %s: %w", describeRule(r), err)
-			}
-		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // checkRoutes says which part of the policy routing is missing.
 func checkRoutes() error {
+	return forMissingRouting(func(*netlink.Route) error {
+		return fmt.Errorf("route local 0.0.0.0/0 dev lo table %d is missing", RouteTable)
+	}, func(r *netlink.Rule) error {
+		return fmt.Errorf("ip rule %s is missing", describeRule(r))
+	})
+}
+
+// forMissingRouting calls onRoute if the local route is missing, then onRule
+// for each missing policy rule, in that order, stopping at the first error:
+// ensureRoutes and checkRoutes walk the same parts and differ only in what
+// they do about a gap.
+func forMissingRouting(onRoute func(*netlink.Route) error, onRule func(*netlink.Rule) error) error {
 	rt, err := localRoute()
 	if err != nil {
 		return err
@@ -130,7 +130,9 @@ func checkRoutes() error {
 	if missing, err := routeMissing(rt); err != nil {
 		return err
 	} else if missing {
-		return fmt.Errorf("route local 0.0.0.0/0 dev lo table %d is missing", RouteTable)
+		if err := onRoute(rt); err != nil {
+			return err
+		}
 	}
 	for _, r := range []*netlink.Rule{redirectRule(), blackholeRule(), blackholeRule6()} {
 		missing, err := ruleMissing(r)
@@ -138,7 +140,9 @@ func checkRoutes() error {
 			return err
 		}
 		if missing {
-			return fmt.Errorf("ip rule %s is missing", describeRule(r))
+			if err := onRule(r); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
