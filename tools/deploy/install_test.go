@@ -121,38 +121,37 @@ func withParents(paths []string) []string {
 	return out
 }
 
-var installed = withParents([]string{
+// operatorData is the operator's configuration and data: install creates
+// it, uninstall keeps it.
+var operatorData = []string{
+	"drwxr-xr-x /etc/paddock",
+	"-rw-r--r-- /etc/paddock/paddockd.yaml",
+	"drwxr-xr-x /etc/paddock/policies",
+	"-rw-r--r-- /etc/paddock/policies/default.yaml",
+	"drwx------ /etc/paddock/secrets",
+	"drwx--x--x /var/lib/paddock",
+	"drwxr-x--- /var/log/paddock",
+}
+
+var installed = withParents(append([]string{
 	"-rwxr-xr-x /usr/local/bin/paddock",
 	"-rwxr-xr-x /usr/local/sbin/paddockd",
 	"-rwxr-xr-x /opt/cni/bin/paddock",
 	"-rw-r--r-- /usr/local/lib/systemd/system/paddockd.service",
 	"-rw-r--r-- /usr/local/lib/sysusers.d/paddock.conf",
 	"-rw-r--r-- /usr/local/lib/tmpfiles.d/paddock.conf",
-	"drwxr-xr-x /etc/paddock",
-	"-rw-r--r-- /etc/paddock/paddockd.yaml",
-	"drwxr-xr-x /etc/paddock/policies",
-	"-rw-r--r-- /etc/paddock/policies/default.yaml",
-	"drwx------ /etc/paddock/secrets",
-	"drwx--x--x /var/lib/paddock",
-	"drwxr-x--- /var/log/paddock",
-})
+}, operatorData...))
 
-// kept is what uninstall leaves: the operator's configuration and data.
-var kept = withParents([]string{
-	"drwxr-xr-x /etc/paddock",
-	"-rw-r--r-- /etc/paddock/paddockd.yaml",
-	"drwxr-xr-x /etc/paddock/policies",
-	"-rw-r--r-- /etc/paddock/policies/default.yaml",
-	"drwx------ /etc/paddock/secrets",
-	"drwx--x--x /var/lib/paddock",
-	"drwxr-x--- /var/log/paddock",
+// kept is what uninstall leaves: the operator's configuration and data, and
+// the directories paddock's files were installed into.
+var kept = withParents(append([]string{
 	"drwxr-xr-x /usr/local/bin",
 	"drwxr-xr-x /usr/local/sbin",
 	"drwxr-xr-x /opt/cni/bin",
 	"drwxr-xr-x /usr/local/lib/systemd/system",
 	"drwxr-xr-x /usr/local/lib/sysusers.d",
 	"drwxr-xr-x /usr/local/lib/tmpfiles.d",
-})
+}, operatorData...))
 
 func TestMakeInstall(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
