@@ -110,6 +110,17 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, c *httpCon
 		deny(v.Policy, v.RuleID(), "this rule injects credentials, which are only sent over TLS: use https://")
 		return
 	}
+	key := c.meta.sb.HostVeth
+	if ok, _ := s.reqs.acquire(key); !ok {
+		// Over HTTP/2 a handful of connections carry any number of
+		// requests, each forwarded on an upstream connection of its own:
+		// the connection cap alone would not bound what one sandbox costs.
+		rec.Decision, rec.Policy, rec.Rule = "deny", v.Policy, v.RuleID()
+		rec.Error = fmt.Sprintf("over %d requests in flight from this sandbox", s.reqs.max)
+		denyText(cw, http.StatusTooManyRequests, fmt.Sprintf("paddock: request to %s not sent: over %d requests in flight from this sandbox; retry when some finish\n", host, s.reqs.max))
+		return
+	}
+	defer s.reqs.release(key)
 	headers := map[string]string{}
 	var secrets []string
 	for _, inj := range v.Rule.Inject {

@@ -40,8 +40,10 @@ type Options struct {
 	ExplicitPort  int           // default DefaultExplicitPort
 	PeekTimeout   time.Duration // how long a client may stay silent before it counts as opaque TCP; default 2s
 	// MaxConnsPerSandbox bounds one sandbox's open connections; more are
-	// reset at once. Default DefaultMaxConnsPerSandbox.
-	MaxConnsPerSandbox int
+	// reset at once. MaxRequestsPerSandbox bounds its requests in flight
+	// upstream; more get 429. Both default to DefaultMaxConnsPerSandbox.
+	MaxConnsPerSandbox    int
+	MaxRequestsPerSandbox int
 }
 
 // Server is the proxy's data path. It implements the enforcer's ConnHandler
@@ -51,6 +53,7 @@ type Server struct {
 	log        *slog.Logger
 	transports map[bool]*http.Transport // by allowPrivate
 	conns      *connLimiter
+	reqs       *connLimiter
 }
 
 // NewServer checks opt and builds a Server.
@@ -86,7 +89,7 @@ func NewServer(opt Options) (*Server, error) {
 			}
 		}
 	}
-	s := &Server{opt: opt, log: opt.Log, transports: map[bool]*http.Transport{}, conns: newConnLimiter(opt.MaxConnsPerSandbox)}
+	s := &Server{opt: opt, log: opt.Log, transports: map[bool]*http.Transport{}, conns: newConnLimiter(opt.MaxConnsPerSandbox), reqs: newConnLimiter(opt.MaxRequestsPerSandbox)}
 	for _, priv := range []bool{false, true} {
 		s.transports[priv] = s.newTransport(priv)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -831,6 +832,48 @@ time.sleep(max(0,5.5-(time.time()-t0)))
 		t.Errorf("sandbox b while a holds DNS-over-TCP connections: %s", out)
 	}
 	t.Logf("%s; proxy fds %d -> %d", strings.TrimSpace((<-done).out), fdsBefore, fdsHeld)
+	// HTTP/2 multiplexes: a few connections carry thousands of requests,
+	// each of which the proxy forwards on an upstream connection of its
+	// own (HTTP/1.1 upstreams): the per-connection cap alone does not bound
+	// the descriptors one sandbox costs the proxy.
+	fdsBefore = e.proxyFDs(t)
+	dial := world.DialerIn(e.a.NetNS)
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx, "tcp4", world.WebAddr.String()+":443")
+		},
+		TLSClientConfig:   &tls.Config{RootCAs: e.caPool},
+		ForceAttemptHTTP2: true,
+	}
+	defer tr.CloseIdleConnections()
+	h2 := &http.Client{Transport: tr, Timeout: 8 * time.Second}
+	codes := make(chan string, 2000)
+	for range 2000 {
+		go func() {
+			resp, err := h2.Get("https://allowed.test/slow?seconds=4&n=10")
+			if err != nil {
+				codes <- "error"
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes <- fmt.Sprint(resp.Proto, " ", resp.StatusCode)
+		}()
+	}
+	time.Sleep(2500 * time.Millisecond)
+	fdsHeld = e.proxyFDs(t)
+	out = e.curl(t, e.b, "https://allowed.test/")
+	tally := map[string]int{}
+	for range 2000 {
+		tally[<-codes]++
+	}
+	t.Logf("2000 HTTP/2 requests in flight from a: %v; proxy fds %d -> %d", tally, fdsBefore, fdsHeld)
+	if limit := fdsBefore + proxy.DefaultMaxConnsPerSandbox + 200; fdsHeld > limit {
+		t.Errorf("HTTP/2 requests in flight: one sandbox pins %d of the proxy's file descriptors (%d before)", fdsHeld-fdsBefore, fdsBefore)
+	}
+	if !strings.Contains(out, "hello from allowed.test") {
+		t.Errorf("sandbox b while a has 2000 requests in flight: %s", out)
+	}
 	// A connection that says nothing is decided after PeekTimeout (2 s).
 	out = e.py(t, e.a, `
 s=socket.create_connection((WEB,443),timeout=6); t0=time.time()
