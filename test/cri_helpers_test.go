@@ -581,18 +581,25 @@ type cniVerb struct {
 	PrevResult                  bool
 }
 
-// verbs returns the CNI calls containerd made to paddock so far.
-func (e *criEnv) verbs(t *testing.T) []cniVerb {
+// verbLogLines returns the lines a verb-logging wrapper plugin (CRI's and
+// podman's) wrote to path, none when it has not been called yet.
+func verbLogLines(t *testing.T, path string) []string {
 	t.Helper()
-	b, err := os.ReadFile(e.verbLog)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+// verbs returns the CNI calls containerd made to paddock so far.
+func (e *criEnv) verbs(t *testing.T) []cniVerb {
+	t.Helper()
 	var out []cniVerb
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+	for _, l := range verbLogLines(t, e.verbLog) {
 		f := strings.Fields(l)
 		if len(f) != 4 {
 			continue

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/paddock-sandbox/paddock/plugin/api"
 	"github.com/paddock-sandbox/paddock/test/world"
 )
@@ -285,15 +284,8 @@ func (v podmanVerb) String() string {
 // verbs returns the CNI calls podman made to paddock so far.
 func (e *podmanEnv) verbs(t *testing.T) []podmanVerb {
 	t.Helper()
-	b, err := os.ReadFile(e.verbLog)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []podmanVerb
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+	for _, l := range verbLogLines(t, e.verbLog) {
 		f := strings.SplitN(l, " ", 5)
 		if len(f) != 5 {
 			continue
