@@ -477,18 +477,8 @@ func TestEscapeLimits(t *testing.T) {
 		defer cancel()
 		cmd := exec.CommandContext(ctx, paddockBin, "run", "--network", "none", "--state-dir", e.state, "--cpus", "0.5",
 			"--", "sh", "-c", "echo ready; sleep 5")
-		cmd.Dir = e.ws
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		e.startLine(t, cmd)
 		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-		if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-			t.Fatal(err)
-		}
 		ents, _ := os.ReadDir(e.state)
 		if len(ents) != 1 {
 			t.Fatalf("want one run, got %v", ents)
@@ -515,18 +505,7 @@ func TestEscapeOutliveLauncher(t *testing.T) {
 	marker := fmt.Sprintf("%d", 4000+os.Getpid()%5000)
 	cmd := exec.Command(paddockBin, "run", "--network", "none", "--state-dir", e.state, "--",
 		"sh", "-c", "setsid sleep "+marker+" & nohup sleep "+marker+" & (trap '' HUP TERM; sleep "+marker+") & echo ready; wait")
-	cmd.Dir = e.ws
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-		_ = cmd.Process.Kill()
-		t.Fatal(err)
-	}
+	e.startLine(t, cmd)
 	sleepers := func() (n int) {
 		ents, _ := os.ReadDir("/proc")
 		for _, en := range ents {
@@ -735,18 +714,8 @@ func TestEscapeConcurrentRWRefused(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, paddockBin, "run", "--network", "none", "--state-dir", e.state,
 		"--workspace", e.ws+":rw", "--uid", "65534", "--", "sh", "-c", "echo ready; sleep 8")
-	cmd.Dir = e.ws
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	e.startLine(t, cmd)
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
 	other := t.TempDir()
 	if err := os.Chmod(other, 0o755); err != nil {
 		t.Fatal(err)

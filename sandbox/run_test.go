@@ -1,6 +1,7 @@
 package sandbox_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -104,6 +105,29 @@ func (e *env) paddockCtx(ctx context.Context, args ...string) result {
 		e.t.Fatalf("paddock %v: %v", args, err)
 	}
 	return r
+}
+
+// startLine starts cmd (a paddock run that prints a line once its command
+// is up) in the workspace and returns that first line; the caller kills and
+// waits for it. A cmd that cannot start or prints no line is killed and
+// fails the test.
+func (e *env) startLine(t *testing.T, cmd *exec.Cmd) string {
+	t.Helper()
+	cmd.Dir = e.ws
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("%v: no first line: %v", cmd.Args, err)
+	}
+	return line
 }
 
 // run runs a shell script in a --network none sandbox over the workspace.
@@ -371,17 +395,8 @@ func TestExitCodesAndSignals(t *testing.T) {
 	// A signal to the launcher reaches the command, whose status comes back.
 	cmd := exec.Command(paddockBin, "run", "--network", "none", "--state-dir", e.state, "--",
 		"sh", "-c", `trap 'exit 33' TERM; echo ready; while :; do sleep 0.05; done`)
-	cmd.Dir = e.ws
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 6)
-	if _, err := out.Read(buf); err != nil || string(buf) != "ready\n" {
-		t.Fatalf("no ready line: %q %v", buf, err)
+	if line := e.startLine(t, cmd); line != "ready\n" {
+		t.Fatalf("no ready line: %q", line)
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
@@ -521,18 +536,7 @@ func TestTUIUnderTmux(t *testing.T) {
 func TestCrashLeftoversCollected(t *testing.T) {
 	e := newEnv(t)
 	cmd := exec.Command(paddockBin, "run", "--network", "none", "--state-dir", e.state, "--pids", "50", "--", "sh", "-c", "echo ready; sleep 60")
-	cmd.Dir = e.ws
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 6)
-	if _, err := out.Read(buf); err != nil {
-		t.Fatal(err)
-	}
+	e.startLine(t, cmd)
 	ents, _ := os.ReadDir(e.state)
 	if len(ents) != 1 {
 		t.Fatalf("want one run record while running, got %v", ents)
