@@ -46,10 +46,7 @@ func TestEnforcerDropsEverythingElse(t *testing.T) {
 			sb := e.sandbox(t, "agent")
 			echo := world.EchoAddr.String()
 
-			if out, err := sendUDP(sb, echo, 7); err != nil {
-				t.Fatalf("send udp: %v: %s", err, out)
-			}
-			e.expectDropOnce(t, sb, echo, "udp")
+			e.expectUDPDrop(t, sb, echo, "udp")
 
 			// Each case sends to its own destination, so that drops.jsonl
 			// lines are attributed to the right case.
@@ -98,10 +95,7 @@ func TestEnforcerSandboxCannotUndo(t *testing.T) {
 				t.Logf("curl after reroute: %v %s", err, out)
 			}
 			e.waitAudit(t, sb, world.WebAddr.String()+":443")
-			if out, err := sendUDP(sb, world.EchoAddr.String(), 7); err != nil {
-				t.Fatalf("send udp: %v: %s", err, out)
-			}
-			e.expectDropOnce(t, sb, world.EchoAddr.String(), "udp")
+			e.expectUDPDrop(t, sb, world.EchoAddr.String(), "udp")
 			e.w.AssertNoLeaks(t)
 		})
 	}
@@ -115,10 +109,7 @@ func TestEnforcerBPFDetached(t *testing.T) {
 	if n := detachTCX(t, e.w, sb); n == 0 {
 		t.Fatalf("no tcx program attached to %s", sb.HostVeth)
 	}
-	if out, err := sendUDP(sb, world.EchoAddr.String(), 7); err != nil {
-		t.Fatalf("send udp: %v: %s", err, out)
-	}
-	e.expectDropOnce(t, sb, world.EchoAddr.String(), "unmarked")
+	e.expectUDPDrop(t, sb, world.EchoAddr.String(), "unmarked")
 	if out, err := tcpConnect(sb, "", world.WebAddr.String(), 443, 500*time.Millisecond); err == nil {
 		t.Errorf("TCP connected with the redirect detached: %s", out)
 	}
@@ -291,10 +282,7 @@ func TestEnforcerRuleCountFlat(t *testing.T) {
 				t.Errorf("status with 201 sandboxes: %+v %v", st, err)
 			}
 			// The first sandbox is still enforced among them.
-			if out, err := sendUDP(sb, world.EchoAddr.String(), 7); err != nil {
-				t.Fatalf("send udp: %v: %s", err, out)
-			}
-			e.expectDropOnce(t, sb, world.EchoAddr.String(), "udp")
+			e.expectUDPDrop(t, sb, world.EchoAddr.String(), "udp")
 			e.w.AssertNoLeaks(t)
 		})
 	}

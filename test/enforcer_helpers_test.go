@@ -171,15 +171,22 @@ func (e *enfEnv) waitDrops(t *testing.T, match func(dropLine) bool) []dropLine {
 	return sel()
 }
 
+// expectUDPDrop sends one UDP datagram from sb to dst port 7 and asserts it
+// was dropped and logged exactly once with reason.
+func (e *enfEnv) expectUDPDrop(t *testing.T, sb *world.Sandbox, dst, reason string) {
+	t.Helper()
+	if out, err := sendUDP(sb, dst, 7); err != nil {
+		t.Fatalf("send udp to %s: %v: %s", dst, err, out)
+	}
+	e.expectDropOnce(t, sb, dst, reason)
+}
+
 // expectEnforcing proves sb is enforced again after a disruption: a UDP
 // datagram to dropDst is dropped and logged exactly once, a TLS connection to
 // tlsIP:443 goes through the proxy and is audited, and nothing leaked.
 func (e *enfEnv) expectEnforcing(t *testing.T, sb *world.Sandbox, dropDst, tlsIP string) {
 	t.Helper()
-	if out, err := sendUDP(sb, dropDst, 7); err != nil {
-		t.Fatalf("send udp: %v: %s", err, out)
-	}
-	e.expectDropOnce(t, sb, dropDst, "udp")
+	e.expectUDPDrop(t, sb, dropDst, "udp")
 	_, _ = curlTLS(sb, tlsIP, 443)
 	e.waitAudit(t, sb, tlsIP+":443")
 	e.w.AssertNoLeaks(t)
