@@ -419,6 +419,16 @@ func startEscUpstream(t *testing.T, w *world.World) {
 		rw.Header().Del("X-Hint")
 		fmt.Fprintln(rw, "done")
 	})
+	// A WebSocket server greeting its client with the key it was sent.
+	mux.HandleFunc("/ws", func(rw http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(rw).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello %s\n", r.Header.Get("X-Api-Key"))
+		_ = brw.Flush()
+	})
 	mux.HandleFunc("/redirect", func(rw http.ResponseWriter, r *http.Request) {
 		http.Redirect(rw, r, "https://other.test/echo-secret", http.StatusFound)
 	})
