@@ -33,8 +33,10 @@ var (
 
 // Guard decides which resolved addresses may be dialled.
 type Guard struct {
-	// Extra returns addresses that are the node's too (sandbox gateways).
-	Extra func() []netip.Addr
+	// Internal reports addresses that are paddock's own besides the node's
+	// interfaces: sandbox gateways and the sandboxes themselves (lateral
+	// movement), whatever range they were given.
+	Internal func(netip.Addr) bool
 
 	mu      sync.Mutex
 	local   map[netip.Addr]bool
@@ -57,12 +59,8 @@ func (g *Guard) Forbidden(a netip.Addr) error {
 }
 
 func (g *Guard) isLocal(a netip.Addr) bool {
-	if g.Extra != nil {
-		for _, e := range g.Extra() {
-			if e.Unmap() == a {
-				return true
-			}
-		}
+	if g.Internal != nil && g.Internal(a) {
+		return true
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -188,7 +188,7 @@ func newWorld(t *testing.T, policyYAML string) *world {
 	w.nodeRoots.AddCert(nodeCA.Cert)
 	w.sb = api.Sandbox{Network: "n", ContainerID: "0123456789abcdef", IfName: "eth0", Policy: "default",
 		IPs: []netip.Prefix{netip.MustParsePrefix("10.99.0.2/24")}, Gateway: netip.MustParseAddr("10.99.0.1")}
-	dialer := NewNetDialer(w.dnsAddr, &Guard{Extra: func() []netip.Addr { return []netip.Addr{w.sb.Gateway} }})
+	dialer := NewNetDialer(w.dnsAddr, &Guard{Internal: func(a netip.Addr) bool { return a == w.sb.Gateway }})
 	w.srv, err = NewServer(Options{
 		CA: nodeCA, Decider: &StoreDecider{Store: w.store, Lookup: dialer.Lookup}, Dialer: dialer,
 		Audit: NewAuditor(w.audit), Log: log, UpstreamRoots: w.upRoots, PeekTimeout: 300 * time.Millisecond,

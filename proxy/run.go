@@ -54,7 +54,7 @@ type Config struct {
 // sandboxTable maps source addresses to sandboxes; replaced wholesale.
 type sandboxTable struct {
 	byIP     map[netip.Addr]api.Sandbox
-	gateways []netip.Addr
+	internal map[netip.Addr]bool // every sandbox address and gateway
 }
 
 type sandboxes struct {
@@ -74,15 +74,14 @@ const (
 )
 
 func (s *sandboxes) set(list []api.Sandbox) {
-	t := &sandboxTable{byIP: map[netip.Addr]api.Sandbox{}}
-	seen := map[netip.Addr]bool{}
+	t := &sandboxTable{byIP: map[netip.Addr]api.Sandbox{}, internal: map[netip.Addr]bool{}}
 	for _, sb := range list {
 		for _, p := range sb.IPs {
 			t.byIP[p.Addr().Unmap()] = sb
+			t.internal[p.Addr().Unmap()] = true
 		}
-		if sb.Gateway.IsValid() && !seen[sb.Gateway] {
-			seen[sb.Gateway] = true
-			t.gateways = append(t.gateways, sb.Gateway.Unmap())
+		if sb.Gateway.IsValid() {
+			t.internal[sb.Gateway.Unmap()] = true
 		}
 	}
 	s.v.Store(t)
@@ -145,11 +144,12 @@ func (s *sandboxes) lookup(a netip.Addr) (api.Sandbox, bool) {
 	return sb, ok
 }
 
-func (s *sandboxes) gatewayList() []netip.Addr {
-	if t := s.v.Load(); t != nil {
-		return t.gateways
-	}
-	return nil
+// isInternal reports whether a is a sandbox's or a sandbox gateway's
+// address: the proxy never dials those, so no sandbox reaches another one or
+// the node through it, even when sandboxes hold public addresses.
+func (s *sandboxes) isInternal(a netip.Addr) bool {
+	t := s.v.Load()
+	return t != nil && t.internal[a.Unmap()]
 }
 
 // Run is the body of the proxy process: it serves the listeners in cfg with
@@ -177,7 +177,7 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var sbs sandboxes
-	dialer := NewNetDialer(cfg.Resolver, &Guard{Extra: sbs.gatewayList})
+	dialer := NewNetDialer(cfg.Resolver, &Guard{Internal: sbs.isInternal})
 	metrics := NewMetrics(cfg.Registerer)
 	audit := NewAuditor(cfg.Audit)
 	decider := &StoreDecider{Store: store, Lookup: dialer.Lookup}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/paddock-sandbox/paddock/plugin/api"
 )
 
 // TestRunWaitsForFeed: a connection whose source the sandbox list does not
@@ -103,5 +105,24 @@ func TestLookupSoonBounded(t *testing.T) {
 	wg.Wait()
 	if waited := time.Since(start); waited > feedGrace+time.Second {
 		t.Fatalf("waiters took %s, want about %s", waited, feedGrace)
+	}
+}
+
+// A sandbox holding a public address is still never a dial target: no
+// sandbox reaches another one (or its gateway) through the proxy.
+func TestGuardRefusesSandboxAddresses(t *testing.T) {
+	var sbs sandboxes
+	sbs.set([]api.Sandbox{{
+		ContainerID: "pub", IPs: []netip.Prefix{netip.MustParsePrefix("203.0.113.50/24")},
+		Gateway: netip.MustParseAddr("203.0.113.1"),
+	}})
+	g := &Guard{Internal: sbs.isInternal}
+	for _, a := range []string{"203.0.113.50", "203.0.113.1", "::ffff:203.0.113.50"} {
+		if err := g.Forbidden(netip.MustParseAddr(a)); err == nil {
+			t.Errorf("%s: dial allowed, want refused as a sandbox address", a)
+		}
+	}
+	if err := g.Forbidden(netip.MustParseAddr("203.0.113.10")); err != nil {
+		t.Errorf("203.0.113.10 (not a sandbox): %v", err)
 	}
 }
