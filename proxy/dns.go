@@ -47,7 +47,15 @@ type DNSGuard struct {
 	MaxTCPConns int
 
 	limitOnce sync.Once
-	limiter   *dnsLimiter
+	limiter   *dnsLimiter // questions sent upstream
+	auditLim  *dnsLimiter // audit lines of refused and denied questions
+}
+
+func (g *DNSGuard) limiters() {
+	g.limitOnce.Do(func() {
+		g.limiter = newDNSLimiter(g.Rate, g.Burst)
+		g.auditLim = newDNSLimiter(g.Rate, g.Burst)
+	})
 }
 
 func (g *DNSGuard) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
@@ -121,7 +129,7 @@ func (g *DNSGuard) Answer(ctx context.Context, req *dns.Msg, src, dst netip.Addr
 		g.count(rec.Sandbox, "allow")
 		return m
 	}
-	g.limitOnce.Do(func() { g.limiter = newDNSLimiter(g.Rate, g.Burst) })
+	g.limiters()
 	if ok, first := g.limiter.allow(rec.Sandbox, time.Now()); !ok {
 		m.Rcode = dns.RcodeRefused
 		g.count(rec.Sandbox, "ratelimited")
@@ -165,9 +173,20 @@ func (g *DNSGuard) finish(rec *AuditRecord) {
 		decision = "refused"
 	}
 	g.count(rec.Sandbox, decision)
-	if g.Audit != nil {
-		g.Audit.Write(rec)
+	if g.Audit == nil {
+		return
 	}
+	// A sandbox can send refused questions as fast as it likes: past the
+	// upstream rate, they are counted in the metrics and one line says the
+	// audit of this burst was cut, so the audit log cannot be flooded.
+	g.limiters()
+	if ok, first := g.auditLim.allow(rec.Sandbox, time.Now()); !ok {
+		if !first {
+			return
+		}
+		rec.Error = "more refused or denied questions in this burst are counted in the metrics, not audited: " + rec.Error
+	}
+	g.Audit.Write(rec)
 	g.Log.Info("dns denied", "sandbox", rec.Sandbox, "dst", rec.Host, "rule", rec.Rule, "reason", rec.Error)
 }
 
