@@ -153,8 +153,10 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, c *httpCon
 			}
 			if len(secrets) > 0 {
 				// The transport then asks for gzip itself and decompresses, so
-				// the redactor sees plain bytes.
+				// the redactor sees plain bytes; for the same reason a
+				// WebSocket upgrade may not offer permessage-deflate.
 				pr.Out.Header.Del("Accept-Encoding")
+				pr.Out.Header.Del(wsExtensions)
 			}
 			sent = time.Now()
 		},
@@ -165,7 +167,10 @@ func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, c *httpCon
 			s.opt.Metrics.UpstreamLatency.Observe(time.Since(sent).Seconds())
 			if len(secrets) > 0 {
 				redactHeaders(resp.Header, secrets)
-				if resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+				if resp.StatusCode == http.StatusSwitchingProtocols {
+					return maskUpgrade(resp, secrets)
+				}
+				if resp.Body != nil {
 					resp.Body = &trailerRedactor{ReadCloser: newRedactReader(resp.Body, secrets), resp: resp, secrets: secrets}
 					resp.ContentLength = -1
 					resp.Header.Del("Content-Length")

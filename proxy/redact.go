@@ -30,6 +30,7 @@ type redactReader struct {
 	src     io.ReadCloser
 	secrets [][]byte
 	keep    int
+	mask    bool   // replace a secret by as many '*' bytes instead of Redacted
 	pending []byte // read, not yet scanned to the end
 	out     []byte // ready for the caller
 	err     error
@@ -78,7 +79,11 @@ func (r *redactReader) scan(final bool) {
 			break
 		}
 		r.out = append(r.out, r.pending[:at]...)
-		r.out = append(r.out, Redacted...)
+		if r.mask {
+			r.out = append(r.out, bytes.Repeat([]byte{'*'}, len(r.secrets[which]))...)
+		} else {
+			r.out = append(r.out, Redacted...)
+		}
 		r.pending = r.pending[at+len(r.secrets[which]):]
 	}
 	cut := len(r.pending)
