@@ -31,6 +31,7 @@ type Config struct {
 	UpstreamCA   string `json:"upstreamCA,omitempty"` // extra PEM roots for upstream TLS (tests)
 	ExplicitPort int    `json:"explicitPort,omitempty"`
 	MetricsAddr  string `json:"metricsAddr,omitempty"` // the child serves /metrics here when set
+	Limits       Limits `json:"limits"`
 
 	// Inherited descriptor numbers in the child (0: none).
 	ListenerFD int `json:"listenerFD,omitempty"`
@@ -49,6 +50,17 @@ type Config struct {
 	// Sandboxes carries the full sandbox list as one JSON line ([]api.Sandbox)
 	// per change; Run returns when it ends (the parent is gone).
 	Sandboxes io.Reader `json:"-"`
+}
+
+// Limits bound what one sandbox may hold of the proxy, which all sandboxes
+// share; zero fields take the defaults (DefaultMaxConnsPerSandbox,
+// DefaultDNSRate, DefaultDNSBurst, DefaultDNSTCPConns).
+type Limits struct {
+	ConnsPerSandbox    int     `json:"connsPerSandbox,omitempty"`
+	RequestsPerSandbox int     `json:"requestsPerSandbox,omitempty"`
+	DNSRate            float64 `json:"dnsRate,omitempty"`
+	DNSBurst           int     `json:"dnsBurst,omitempty"`
+	DNSTCPConns        int     `json:"dnsTCPConns,omitempty"`
 }
 
 // sandboxTable maps source addresses to sandboxes; replaced wholesale.
@@ -182,7 +194,8 @@ func Run(ctx context.Context, cfg Config) error {
 	audit := NewAuditor(cfg.Audit)
 	decider := &StoreDecider{Store: store, Lookup: dialer.Lookup}
 	srv, err := NewServer(Options{CA: ca, Decider: decider, Dialer: dialer, Audit: audit, Metrics: metrics,
-		Log: log, UpstreamRoots: roots, ExplicitPort: cfg.ExplicitPort})
+		Log: log, UpstreamRoots: roots, ExplicitPort: cfg.ExplicitPort,
+		MaxConnsPerSandbox: cfg.Limits.ConnsPerSandbox, MaxRequestsPerSandbox: cfg.Limits.RequestsPerSandbox})
 	if err != nil {
 		return err
 	}
@@ -225,7 +238,8 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
-	guard := &DNSGuard{Decider: decider, Lookup: sbs.lookupSoon, Resolver: cfg.Resolver, Audit: audit, Metrics: metrics, Log: log}
+	guard := &DNSGuard{Decider: decider, Lookup: sbs.lookupSoon, Resolver: cfg.Resolver, Audit: audit, Metrics: metrics, Log: log,
+		Rate: cfg.Limits.DNSRate, Burst: cfg.Limits.DNSBurst, MaxTCPConns: cfg.Limits.DNSTCPConns}
 	if cfg.DNSUDP != nil {
 		wg.Go(func() {
 			if err := guard.ServeUDP(ctx, cfg.DNSUDP); err != nil {

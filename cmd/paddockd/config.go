@@ -19,6 +19,7 @@ import (
 
 	"github.com/paddock-sandbox/paddock/enforcer"
 	"github.com/paddock-sandbox/paddock/plugin/api"
+	"github.com/paddock-sandbox/paddock/proxy"
 )
 
 // Config is everything paddockd is told at start. Each setting is a flag and,
@@ -42,6 +43,8 @@ type Config struct {
 	DNSListen     netip.AddrPort // transparent DNS listener (UDP and TCP)
 	ExplicitPort  int            // HTTP proxy port on each sandbox's gateway (HTTP_PROXY)
 	ProxyMetrics  string         // host:port of the proxy process's /metrics ("" disables)
+	// ProxyLimits bound what one sandbox may hold of the shared proxy.
+	ProxyLimits proxy.Limits
 	// ExplicitSocket is the root-only Unix socket of the explicit proxy for
 	// trusted relays (paddock run --network none); "" disables it.
 	ExplicitSocket string
@@ -58,21 +61,28 @@ var resolvConf = "/etc/resolv.conf"
 
 func defaultConfig() *Config {
 	return &Config{
-		APISocket:      api.DefaultSocket,
-		StateDir:       "/var/lib/paddock",
-		LogDir:         "/var/log/paddock",
-		Redirect:       enforcer.RedirectBPF,
-		BPFFSDir:       "/sys/fs/bpf/paddock",
-		NFLOGGroup:     100,
-		NFLOGTapGroup:  101,
-		MetricsAddr:    "127.0.0.1:9464",
-		PolicyDir:      "/etc/paddock/policies",
-		CADir:          "/var/lib/paddock/ca",
-		ProxyUser:      "paddock-proxy",
-		TCPListen:      enforcer.DefaultTCPListen,
-		DNSListen:      enforcer.DefaultDNSListen,
-		ExplicitPort:   3128,
-		ProxyMetrics:   "127.0.0.1:9465",
+		APISocket:     api.DefaultSocket,
+		StateDir:      "/var/lib/paddock",
+		LogDir:        "/var/log/paddock",
+		Redirect:      enforcer.RedirectBPF,
+		BPFFSDir:      "/sys/fs/bpf/paddock",
+		NFLOGGroup:    100,
+		NFLOGTapGroup: 101,
+		MetricsAddr:   "127.0.0.1:9464",
+		PolicyDir:     "/etc/paddock/policies",
+		CADir:         "/var/lib/paddock/ca",
+		ProxyUser:     "paddock-proxy",
+		TCPListen:     enforcer.DefaultTCPListen,
+		DNSListen:     enforcer.DefaultDNSListen,
+		ExplicitPort:  3128,
+		ProxyMetrics:  "127.0.0.1:9465",
+		ProxyLimits: proxy.Limits{
+			ConnsPerSandbox:    proxy.DefaultMaxConnsPerSandbox,
+			RequestsPerSandbox: proxy.DefaultMaxConnsPerSandbox,
+			DNSRate:            proxy.DefaultDNSRate,
+			DNSBurst:           proxy.DefaultDNSBurst,
+			DNSTCPConns:        proxy.DefaultDNSTCPConns,
+		},
 		ExplicitSocket: api.DefaultExplicitSocket,
 	}
 }
@@ -101,6 +111,11 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.TextVar(&c.TCPListen, "tcp-listen", c.TCPListen, "`ip:port` of the transparent listener redirected TCP arrives on")
 	fs.IntVar(&c.ExplicitPort, "explicit-port", c.ExplicitPort, "`port` on each sandbox's gateway that serves the explicit HTTP proxy (HTTP_PROXY, CONNECT)")
 	fs.StringVar(&c.ProxyMetrics, "proxy-metrics-addr", c.ProxyMetrics, "`host:port` where the proxy process serves /metrics (empty: disabled)")
+	fs.IntVar(&c.ProxyLimits.ConnsPerSandbox, "max-conns-per-sandbox", c.ProxyLimits.ConnsPerSandbox, "`n` connections one sandbox may hold open in the proxy; more are reset")
+	fs.IntVar(&c.ProxyLimits.RequestsPerSandbox, "max-requests-per-sandbox", c.ProxyLimits.RequestsPerSandbox, "`n` requests one sandbox may have in flight upstream; more get 429")
+	fs.Float64Var(&c.ProxyLimits.DNSRate, "dns-rate", c.ProxyLimits.DNSRate, "DNS questions per second one sandbox may send upstream (`rate`); more are REFUSED")
+	fs.IntVar(&c.ProxyLimits.DNSBurst, "dns-burst", c.ProxyLimits.DNSBurst, "`n` DNS questions one sandbox may send at once above --dns-rate")
+	fs.IntVar(&c.ProxyLimits.DNSTCPConns, "dns-tcp-conns", c.ProxyLimits.DNSTCPConns, "`n` DNS-over-TCP connections one source may hold open")
 	fs.StringVar(&c.ExplicitSocket, "explicit-socket", c.ExplicitSocket, "`path` of the root-only Unix socket where `paddock run --network none` reaches the explicit proxy (empty: none)")
 	fs.TextVar(&c.DNSListen, "dns-listen", c.DNSListen, "`ip:port` of the transparent DNS listener (keep port 53: replies are sent from it)")
 }
@@ -242,6 +257,20 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			return fmt.Errorf("--metrics-addr %q: want host:port, or empty to disable (%v)", c.MetricsAddr, err)
 		}
+	}
+	for _, l := range []struct {
+		name string
+		val  int
+	}{
+		{"max-conns-per-sandbox", c.ProxyLimits.ConnsPerSandbox}, {"max-requests-per-sandbox", c.ProxyLimits.RequestsPerSandbox},
+		{"dns-burst", c.ProxyLimits.DNSBurst}, {"dns-tcp-conns", c.ProxyLimits.DNSTCPConns},
+	} {
+		if l.val < 1 {
+			return fmt.Errorf("--%s %d: want at least 1", l.name, l.val)
+		}
+	}
+	if !(c.ProxyLimits.DNSRate > 0) {
+		return fmt.Errorf("--dns-rate %g: want a rate above 0 questions a second", c.ProxyLimits.DNSRate)
 	}
 	if c.ExplicitPort < 1 || c.ExplicitPort > 65535 {
 		return fmt.Errorf("--explicit-port %d: want a port from 1 to 65535", c.ExplicitPort)

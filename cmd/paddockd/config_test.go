@@ -92,6 +92,8 @@ func TestConfigErrors(t *testing.T) {
 		{name: "bad metrics addr", args: []string{"--metrics-addr", "9464"}, want: `--metrics-addr "9464"`},
 		{name: "missing upstream ca", args: []string{"--upstream-ca", "/nonexistent/ca.pem"}, want: "/nonexistent/ca.pem"},
 		{name: "empty state dir", args: []string{"--state-dir="}, want: "--state-dir is empty"},
+		{name: "zero conns per sandbox", args: []string{"--max-conns-per-sandbox=0"}, want: "--max-conns-per-sandbox 0: want at least 1"},
+		{name: "zero dns rate", args: []string{"--dns-rate=0"}, want: "--dns-rate 0: want a rate above 0"},
 		{name: "positional argument", args: []string{"start"}, want: `unexpected argument "start"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

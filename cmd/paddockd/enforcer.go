@@ -68,6 +68,7 @@ func newEnforcer(cfg *Config) (enforcer.Enforcer, error) {
 			UpstreamCA:   cfg.UpstreamCA,
 			ExplicitPort: cfg.ExplicitPort,
 			MetricsAddr:  cfg.ProxyMetrics,
+			Limits:       cfg.ProxyLimits,
 		},
 		User:   cfg.ProxyUser,
 		TCP:    ls.TCP,
