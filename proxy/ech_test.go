@@ -2,46 +2,13 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/ecdh"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/binary"
 	"net"
 	"testing"
 	"time"
-)
 
-// echConfigList builds an ECHConfigList (RFC 9849, version 0xfe0d) with a
-// fresh X25519 key, HKDF-SHA256 and AES-128-GCM, and publicName as the outer
-// name a client puts in its visible SNI.
-func echConfigList(t *testing.T, publicName string) []byte {
-	t.Helper()
-	k, err := ecdh.X25519().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u16 := func(b *bytes.Buffer, v int) { _ = binary.Write(b, binary.BigEndian, uint16(v)) }
-	var c bytes.Buffer
-	c.WriteByte(7)  // config_id
-	u16(&c, 0x0020) // DHKEM(X25519, HKDF-SHA256)
-	u16(&c, len(k.PublicKey().Bytes()))
-	c.Write(k.PublicKey().Bytes())
-	u16(&c, 4)
-	u16(&c, 0x0001) // HKDF-SHA256
-	u16(&c, 0x0001) // AES-128-GCM
-	c.WriteByte(0)  // maximum_name_length
-	c.WriteByte(byte(len(publicName)))
-	c.WriteString(publicName)
-	u16(&c, 0) // extensions
-	var cfg bytes.Buffer
-	u16(&cfg, 0xfe0d)
-	u16(&cfg, c.Len())
-	cfg.Write(c.Bytes())
-	var list bytes.Buffer
-	u16(&list, cfg.Len())
-	list.Write(cfg.Bytes())
-	return list.Bytes()
-}
+	"github.com/paddock-sandbox/paddock/test/testutil"
+)
 
 // TestReadClientHelloECH: a client using Encrypted Client Hello shows only
 // the public name; readClientHello must say ECH is in use so that a
@@ -61,7 +28,7 @@ func TestReadClientHelloECH(t *testing.T) {
 		return buf[:n]
 	}
 	raw := hello(&tls.Config{ServerName: "hidden.example", MinVersion: tls.VersionTLS13,
-		EncryptedClientHelloConfigList: echConfigList(t, "public.example")})
+		EncryptedClientHelloConfigList: testutil.ECHConfigList(t, "public.example")})
 	h, _, err := readClientHello(bytes.NewReader(raw))
 	if err != nil {
 		t.Fatal(err)

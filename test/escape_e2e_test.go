@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/paddock-sandbox/paddock/proxy"
+	"github.com/paddock-sandbox/paddock/test/testutil"
 	"github.com/paddock-sandbox/paddock/test/world"
 )
 
@@ -305,7 +306,7 @@ func escPassthrough(t *testing.T, e *escEnv) {
 		t.Fatal(err)
 	}
 	ech := tls.Client(raw, &tls.Config{ServerName: "blocked.test", MinVersion: tls.VersionTLS13, RootCAs: e.w.CA().Pool(),
-		EncryptedClientHelloConfigList: escECHConfigList(t, "passthrough.test")})
+		EncryptedClientHelloConfigList: testutil.ECHConfigList(t, "passthrough.test")})
 	_ = ech.SetDeadline(time.Now().Add(3 * time.Second))
 	t.Logf("ECH handshake (inner blocked.test, outer passthrough.test): %v", ech.HandshakeContext(ctx))
 	ech.Close()

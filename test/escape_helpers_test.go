@@ -3,12 +3,9 @@ package test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdh"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -470,38 +467,6 @@ def sendhello(dst,port,h):
     s.close()
     print('bytes back:',len(out),'first:',out[:6].hex())
 `
-
-// escECHConfigList builds an ECHConfigList (RFC 9849, version 0xfe0d) with a
-// fresh X25519 key, HKDF-SHA256 and AES-128-GCM; publicName is the outer
-// name a client shows in its visible SNI.
-func escECHConfigList(t *testing.T, publicName string) []byte {
-	t.Helper()
-	k, err := ecdh.X25519().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u16 := func(b *bytes.Buffer, v int) { _ = binary.Write(b, binary.BigEndian, uint16(v)) }
-	var c bytes.Buffer
-	c.WriteByte(7)  // config_id
-	u16(&c, 0x0020) // DHKEM(X25519, HKDF-SHA256)
-	u16(&c, len(k.PublicKey().Bytes()))
-	c.Write(k.PublicKey().Bytes())
-	u16(&c, 4)
-	u16(&c, 0x0001) // HKDF-SHA256
-	u16(&c, 0x0001) // AES-128-GCM
-	c.WriteByte(0)  // maximum_name_length
-	c.WriteByte(byte(len(publicName)))
-	c.WriteString(publicName)
-	u16(&c, 0) // extensions
-	var cfg bytes.Buffer
-	u16(&cfg, 0xfe0d)
-	u16(&cfg, c.Len())
-	cfg.Write(c.Bytes())
-	var list bytes.Buffer
-	u16(&list, cfg.Len())
-	list.Write(cfg.Bytes())
-	return list.Bytes()
-}
 
 // proxyFDs counts the open file descriptors of the proxy process below
 // this world's paddockd.
