@@ -27,23 +27,7 @@ func TestMaskKeepsLength(t *testing.T) {
 	defer pw.Close()
 	r := newRedactReader(pr, []string{wsSecret})
 	r.mask = true
-	read := func(want string) {
-		t.Helper()
-		got := make(chan string, 1)
-		go func() {
-			b := make([]byte, 64)
-			n, _ := r.Read(b)
-			got <- string(b[:n])
-		}()
-		select {
-		case g := <-got:
-			if g != want {
-				t.Fatalf("read %q, want %q", g, want)
-			}
-		case <-time.After(2 * time.Second):
-			t.Fatalf("read blocked, want %q", want)
-		}
-	}
+	read := func(want string) { t.Helper(); expectRead(t, r, want) }
 	go func() { _, _ = pw.Write([]byte("\x81\x16key=" + wsSecret[:5])) }()
 	read("\x81\x16key=")
 	go func() { _, _ = pw.Write([]byte(wsSecret[5:] + "!!")) }()
