@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	nflog "github.com/florianl/go-nflog/v2"
 	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
+	vnetlink "github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-sandbox/paddock/plugin/api"
@@ -195,8 +195,13 @@ func (l *DropLogger) decode(a nflog.Attribute) Drop {
 		idx := int(*a.InDev)
 		if sb, ok := l.cfg.ByIfIndex(idx); ok {
 			d.Sandbox, d.ContainerID, d.IfName, d.HostVeth, d.Policy = sb.ShortID(), sb.ContainerID, sb.IfName, sb.HostVeth, sb.Policy
-		} else if ifc, err := net.InterfaceByIndex(idx); err == nil {
-			d.HostVeth = ifc.Name
+		} else if link, err := vnetlink.LinkByIndex(idx); err == nil {
+			// Not registered (yet): a veth the plugin made still names its
+			// attachment in its alias, e.g. while its ADD is being attached.
+			d.HostVeth = link.Attrs().Name
+			if k, ok := api.KeyFromAlias(link.Attrs().Alias); ok {
+				d.Sandbox, d.ContainerID, d.IfName = api.Sandbox{ContainerID: k.ContainerID}.ShortID(), k.ContainerID, k.IfName
+			}
 		} else {
 			d.HostVeth = "ifindex-" + strconv.Itoa(idx)
 		}

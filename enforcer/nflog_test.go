@@ -192,6 +192,14 @@ add rule inet paddocktest pre meta l4proto 253 meta mark set %#x`,
 	w.inSandbox(t, sendUDP("192.0.2.21:8"))
 	wants = append(wants, want{"unmarked", "udp", "192.0.2.21:8", "unknown"})
 	waitFor(wants)
+	// Not registered yet but made by the plugin: the veth's alias names it.
+	alias := api.Key{Network: "net", ContainerID: "aliasedcontainer42", IfName: "eth0"}.Alias()
+	if out, err := exec.Command("ip", "link", "set", "dev", w.sb.HostVeth, "alias", alias).CombinedOutput(); err != nil {
+		t.Fatalf("set alias: %v: %s", err, out)
+	}
+	w.inSandbox(t, sendUDP("192.0.2.22:8"))
+	wants = append(wants, want{"udp", "udp", "192.0.2.22:8", "aliasedconta"})
+	waitFor(wants)
 	time.Sleep(300 * time.Millisecond) // would-be duplicates arrive by now
 	drops, _ = ReadDrops(path)
 	got := map[string]int{}

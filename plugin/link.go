@@ -75,7 +75,7 @@ func setupVeth(netns ns.NetNS, k api.Key, mtu int, res *current.Result) (hostLin
 		return hostLink{}, fmt.Errorf("look up host veth %s: %w", hostName, err)
 	}
 	// The alias lets GC find this veth again without paddockd's help.
-	if err := netlink.LinkSetAlias(link, hostAlias(k)); err != nil {
+	if err := netlink.LinkSetAlias(link, k.Alias()); err != nil {
 		return hostLink{}, fmt.Errorf("set alias on host veth %s: %w", hostName, err)
 	}
 	for _, ipc := range res.IPs {
@@ -141,7 +141,7 @@ func ownedVeths(network string) (map[api.Key]string, error) {
 		if l.Type() != "veth" {
 			continue
 		}
-		k, ok := keyFromAlias(l.Attrs().Alias)
+		k, ok := api.KeyFromAlias(l.Attrs().Alias)
 		if ok && k.Network == network && l.Attrs().Name == HostVethName(k) {
 			out[k] = l.Attrs().Name
 		}

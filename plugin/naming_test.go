@@ -38,12 +38,12 @@ func TestHostVethName(t *testing.T) {
 
 func TestAliasRoundTrip(t *testing.T) {
 	k := api.Key{Network: "paddock", ContainerID: "abc", IfName: "eth0"}
-	got, ok := keyFromAlias(hostAlias(k))
+	got, ok := api.KeyFromAlias(k.Alias())
 	if !ok || got != k {
-		t.Fatalf("keyFromAlias(hostAlias(%v)) = %v, %v", k, got, ok)
+		t.Fatalf("KeyFromAlias(%v.Alias()) = %v, %v", k, got, ok)
 	}
 	for _, bad := range []string{"", "other:paddock/abc/eth0", "paddock:paddock/abc", "paddock:/abc/eth0"} {
-		if _, ok := keyFromAlias(bad); ok {
+		if _, ok := api.KeyFromAlias(bad); ok {
 			t.Errorf("alias %q accepted", bad)
 		}
 	}

@@ -83,6 +83,29 @@ func (k Key) Validate() error {
 	return nil
 }
 
+// AliasPrefix starts the IFLA_IFALIAS the plugin writes on every host veth
+// it creates; the rest of the alias is the attachment key. GC finds stale
+// veths by it even when paddockd is down or has lost its state, and the drop
+// log names the sandbox of a packet dropped before its registration landed.
+const AliasPrefix = "paddock:"
+
+// Alias is the link alias naming k on its host veth.
+func (k Key) Alias() string { return AliasPrefix + k.String() }
+
+// KeyFromAlias inverts Key.Alias; ok is false for links paddock does not own.
+func KeyFromAlias(alias string) (Key, bool) {
+	rest, ok := strings.CutPrefix(alias, AliasPrefix)
+	if !ok {
+		return Key{}, false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 {
+		return Key{}, false
+	}
+	k := Key{Network: parts[0], ContainerID: parts[1], IfName: parts[2]}
+	return k, k.Validate() == nil
+}
+
 // Attachment is one entry of cni.dev/valid-attachments.
 type Attachment struct {
 	ContainerID string `json:"containerID"`
