@@ -30,39 +30,52 @@ import (
 // the injected credential. Every attack must fail with the leak detector and
 // every canary silent. One world serves all attacks to keep the suite short.
 func TestEscape(t *testing.T) {
-	e := newEscEnv(t, "bpf")
-
-	t.Run("NodeServices", func(t *testing.T) { escNodeServices(t, e) })
-	t.Run("ExplicitProxyInternal", func(t *testing.T) { escExplicitInternal(t, e) })
-	t.Run("TLSPolicyBypass", func(t *testing.T) { escTLSBypass(t, e) })
-	t.Run("HTTPPolicyBypass", func(t *testing.T) { escHTTPBypass(t, e) })
-	t.Run("Passthrough", func(t *testing.T) { escPassthrough(t, e) })
-	t.Run("DNSExfil", func(t *testing.T) { escDNS(t, e) })
-	t.Run("NonTCP", func(t *testing.T) { escNonTCP(t, e) })
-	t.Run("RawFrames", func(t *testing.T) { escRawFrames(t, e) })
-	t.Run("IPv6", func(t *testing.T) { escIPv6(t, e) })
-	t.Run("Lateral", func(t *testing.T) { escLateral(t, e) })
-	t.Run("Credentials", func(t *testing.T) { escCredentials(t, e) })
-	t.Run("Resources", func(t *testing.T) { escResources(t, e) })
-	t.Run("ReloadKeepAlive", func(t *testing.T) { escReloadKeepAlive(t, e) })
-	t.Run("Identity", func(t *testing.T) { escIdentity(t, e) })
-	// Last: the half-open connections it leaves behind live for a while.
-	t.Run("SynFlood", func(t *testing.T) { escSynFlood(t, e) })
-	e.assertContained(t)
+	runEscapes(t, newEscEnv(t, "bpf"), []escape{
+		{"NodeServices", escNodeServices},
+		{"ExplicitProxyInternal", escExplicitInternal},
+		{"TLSPolicyBypass", escTLSBypass},
+		{"HTTPPolicyBypass", escHTTPBypass},
+		{"Passthrough", escPassthrough},
+		{"DNSExfil", escDNS},
+		{"NonTCP", escNonTCP},
+		{"RawFrames", escRawFrames},
+		{"IPv6", escIPv6},
+		{"Lateral", escLateral},
+		{"Credentials", escCredentials},
+		{"Resources", escResources},
+		{"ReloadKeepAlive", escReloadKeepAlive},
+		{"Identity", escIdentity},
+		// Last: the half-open connections it leaves behind live for a while.
+		{"SynFlood", escSynFlood},
+	})
 }
 
 // TestEscapeNftables repeats the data-path attacks (everything below the
 // proxy, which is the same code in both modes) with the nftables TPROXY
 // redirect instead of BPF.
 func TestEscapeNftables(t *testing.T) {
-	e := newEscEnv(t, "nftables")
-	t.Run("NodeServices", func(t *testing.T) { escNodeServices(t, e) })
-	t.Run("NonTCP", func(t *testing.T) { escNonTCP(t, e) })
-	t.Run("RawFrames", func(t *testing.T) { escRawFrames(t, e) })
-	t.Run("IPv6", func(t *testing.T) { escIPv6(t, e) })
-	t.Run("Lateral", func(t *testing.T) { escLateral(t, e) })
-	t.Run("Identity", func(t *testing.T) { escIdentity(t, e) })
-	t.Run("SynFlood", func(t *testing.T) { escSynFlood(t, e) })
+	runEscapes(t, newEscEnv(t, "nftables"), []escape{
+		{"NodeServices", escNodeServices},
+		{"NonTCP", escNonTCP},
+		{"RawFrames", escRawFrames},
+		{"IPv6", escIPv6},
+		{"Lateral", escLateral},
+		{"Identity", escIdentity},
+		{"SynFlood", escSynFlood},
+	})
+}
+
+// escape is one attack, run as a subtest in a shared world.
+type escape struct {
+	name string
+	run  func(*testing.T, *escEnv)
+}
+
+// runEscapes runs the attacks in order, then checks that nothing got out.
+func runEscapes(t *testing.T, e *escEnv, attacks []escape) {
+	for _, a := range attacks {
+		t.Run(a.name, func(t *testing.T) { a.run(t, e) })
+	}
 	e.assertContained(t)
 }
 
