@@ -281,6 +281,13 @@ func (w *world) get(c *http.Client, method, rawurl string, hdr map[string]string
 	return resp.StatusCode, string(b), resp.Header
 }
 
+// lastRequest is the last request the upstream received, nil before any.
+func (w *world) lastRequest() *http.Request {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastReq
+}
+
 // auditFor waits briefly for an audit record matching f.
 func (w *world) auditFor(f func(AuditRecord) bool) AuditRecord {
 	w.t.Helper()
@@ -390,9 +397,7 @@ func TestInjectAndRedact(t *testing.T) {
 	t.Setenv("PADDOCK_TEST_SECRET", "s3cr3t-value-123")
 	w := newWorld(t, basePolicy)
 	code, body, hdr := w.get(w.client(false, w.nodeRoots), "GET", "https://secret.test:{TLS}/", map[string]string{"X-Api-Key": "sandbox-fake"})
-	w.mu.Lock()
-	got := w.lastReq.Header.Get("X-Api-Key")
-	w.mu.Unlock()
+	got := w.lastRequest().Header.Get("X-Api-Key")
 	if got != "s3cr3t-value-123" {
 		t.Fatalf("upstream saw x-api-key %q", got)
 	}
@@ -419,9 +424,7 @@ func TestNoInjectionOverPlainHTTP(t *testing.T) {
 	if code != 403 || !strings.Contains(body, "only sent over TLS") {
 		t.Fatalf("got %d %q", code, body)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.lastReq != nil {
+	if w.lastRequest() != nil {
 		t.Fatal("a request with a credential rule reached the upstream over plain HTTP")
 	}
 }
@@ -432,9 +435,7 @@ func TestMissingSecretIs502(t *testing.T) {
 	if code != 502 || !strings.Contains(body, "credential for header Authorization is unavailable") {
 		t.Fatalf("got %d %q", code, body)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.lastReq != nil {
+	if w.lastRequest() != nil {
 		t.Fatal("request reached the upstream without its credential")
 	}
 }
