@@ -42,6 +42,9 @@ type Options struct {
 	// MaxConnsPerSandbox bounds one sandbox's open connections; more are
 	// reset at once. MaxRequestsPerSandbox bounds its requests in flight
 	// upstream; more get 429. Both default to DefaultMaxConnsPerSandbox.
+	// Each request in flight may hold an upstream connection of its own, so
+	// one sandbox costs the proxy at most MaxConnsPerSandbox +
+	// MaxRequestsPerSandbox descriptors (plus its DNS-over-TCP connections).
 	MaxConnsPerSandbox    int
 	MaxRequestsPerSandbox int
 }
