@@ -9,6 +9,12 @@ import "sync"
 // descriptors are shared by every sandbox on the node.
 const DefaultMaxConnsPerSandbox = 1024
 
+// DefaultMaxRequestsPerSandbox bounds one sandbox's requests in flight
+// upstream. Each may hold an upstream connection of its own, so one sandbox
+// costs the proxy at most DefaultMaxConnsPerSandbox +
+// DefaultMaxRequestsPerSandbox descriptors.
+const DefaultMaxRequestsPerSandbox = 1024
+
 // connLimiter counts open connections per sandbox attachment.
 type connLimiter struct {
 	max int

@@ -54,7 +54,8 @@ type Config struct {
 
 // Limits bound what one sandbox may hold of the proxy, which all sandboxes
 // share; zero fields take the defaults (DefaultMaxConnsPerSandbox,
-// DefaultDNSRate, DefaultDNSBurst, DefaultDNSTCPConns).
+// DefaultMaxRequestsPerSandbox, DefaultDNSRate, DefaultDNSBurst,
+// DefaultDNSTCPConns).
 type Limits struct {
 	ConnsPerSandbox    int     `json:"connsPerSandbox,omitempty"`
 	RequestsPerSandbox int     `json:"requestsPerSandbox,omitempty"`

@@ -41,10 +41,11 @@ type Options struct {
 	PeekTimeout   time.Duration // how long a client may stay silent before it counts as opaque TCP; default 2s
 	// MaxConnsPerSandbox bounds one sandbox's open connections; more are
 	// reset at once. MaxRequestsPerSandbox bounds its requests in flight
-	// upstream; more get 429. Both default to DefaultMaxConnsPerSandbox.
-	// Each request in flight may hold an upstream connection of its own, so
-	// one sandbox costs the proxy at most MaxConnsPerSandbox +
-	// MaxRequestsPerSandbox descriptors (plus its DNS-over-TCP connections).
+	// upstream; more get 429 (defaults DefaultMaxConnsPerSandbox,
+	// DefaultMaxRequestsPerSandbox). Each request in flight may hold an
+	// upstream connection of its own, so one sandbox costs the proxy at most
+	// MaxConnsPerSandbox + MaxRequestsPerSandbox descriptors (plus its
+	// DNS-over-TCP connections).
 	MaxConnsPerSandbox    int
 	MaxRequestsPerSandbox int
 }
@@ -78,6 +79,9 @@ func NewServer(opt Options) (*Server, error) {
 	}
 	if opt.ExplicitPort == 0 {
 		opt.ExplicitPort = DefaultExplicitPort
+	}
+	if opt.MaxRequestsPerSandbox <= 0 {
+		opt.MaxRequestsPerSandbox = DefaultMaxRequestsPerSandbox
 	}
 	if opt.PeekTimeout == 0 {
 		opt.PeekTimeout = 2 * time.Second

@@ -910,8 +910,8 @@ time.sleep(max(0,5.5-(time.time()-t0)))
 	// completes, so a burst can fill both caps at once: up to the
 	// connection cap downstream plus one upstream connection per request in
 	// flight. That sum is the bound a sandbox may cost, not more.
-	if limit := fdsBefore + proxy.DefaultMaxConnsPerSandbox + proxy.DefaultMaxConnsPerSandbox + 200; fdsHeld > limit {
-		t.Errorf("HTTP/2 requests in flight: one sandbox pins %d of the proxy's file descriptors (%d before): want at most its connection cap plus its requests-in-flight cap (%d + %d)", fdsHeld-fdsBefore, fdsBefore, proxy.DefaultMaxConnsPerSandbox, proxy.DefaultMaxConnsPerSandbox)
+	if limit := fdsBefore + proxy.DefaultMaxConnsPerSandbox + proxy.DefaultMaxRequestsPerSandbox + 200; fdsHeld > limit {
+		t.Errorf("HTTP/2 requests in flight: one sandbox pins %d of the proxy's file descriptors (%d before): want at most its connection cap plus its requests-in-flight cap (%d + %d)", fdsHeld-fdsBefore, fdsBefore, proxy.DefaultMaxConnsPerSandbox, proxy.DefaultMaxRequestsPerSandbox)
 	}
 	if !strings.Contains(out, "hello from allowed.test") {
 		t.Errorf("sandbox b while a has 2000 requests in flight: %s", out)

@@ -78,7 +78,7 @@ func defaultConfig() *Config {
 		ProxyMetrics:  "127.0.0.1:9465",
 		ProxyLimits: proxy.Limits{
 			ConnsPerSandbox:    proxy.DefaultMaxConnsPerSandbox,
-			RequestsPerSandbox: proxy.DefaultMaxConnsPerSandbox,
+			RequestsPerSandbox: proxy.DefaultMaxRequestsPerSandbox,
 			DNSRate:            proxy.DefaultDNSRate,
 			DNSBurst:           proxy.DefaultDNSBurst,
 			DNSTCPConns:        proxy.DefaultDNSTCPConns,
